@@ -1,0 +1,157 @@
+"""Errors without patient data, and connection failures translated into fixes.
+
+PostgreSQL puts row values into an error's DETAIL ("Key (mrn)=(...) already exists"),
+its CONTEXT ("COPY patients, line 3: ...") and some primary messages ("invalid input
+syntax for type uuid: ..."). None of that may reach logs, Dagster metadata or reports:
+`safe_message` keeps the SQLSTATE, the primary message with quoted values masked, and the
+names of the objects involved.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Self
+
+import psycopg
+
+VALUE_MASK = "<value withheld>"
+
+# `: "value"` at the end of a primary message, and bare `(...)=(...)` key pairs.
+_TRAILING_VALUE = re.compile(r':\s*"(?:[^"\\]|\\.|"")*"\s*$', re.DOTALL)
+_KEY_VALUE = re.compile(r"\(([^()]*)\)=\((?:[^()]|\([^()]*\))*\)")
+_TRAILING_BARE = re.compile(r"(invalid input syntax for type [\w ]+|input is out of range):.*$")
+
+
+class MigrationError(Exception):
+    """An error whose message is safe to log and names what to do next."""
+
+
+def safe_message(exc: BaseException) -> str:
+    """The error as text that carries no row values."""
+    if not isinstance(exc, psycopg.Error):
+        return mask_values(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    diag = exc.diag
+    primary = diag.message_primary or (str(exc).splitlines()[0] if str(exc) else "")
+    parts = [mask_values(primary)]
+    names = [
+        f"{label} {value}"
+        for label, value in (
+            ("schema", diag.schema_name),
+            ("table", diag.table_name),
+            ("column", diag.column_name),
+            ("constraint", diag.constraint_name),
+        )
+        if value
+    ]
+    if names:
+        parts.append("(" + ", ".join(names) + ")")
+    code = diag.sqlstate or getattr(exc, "sqlstate", None)
+    return (f"[{code}] " if code else "") + " ".join(parts)
+
+
+def mask_values(text: str) -> str:
+    text = _KEY_VALUE.sub(lambda m: f"({m.group(1)})=({VALUE_MASK})", text)
+    text = _TRAILING_VALUE.sub(f': "{VALUE_MASK}"', text)
+    return _TRAILING_BARE.sub(lambda m: f"{m.group(1)}: {VALUE_MASK}", text)
+
+
+@dataclass
+class _Rule:
+    needle: str
+    what: str
+    fix: str
+
+
+_RULES = [
+    _Rule(
+        "password authentication failed",
+        "the password (or user) was rejected",
+        "check the user and password in {setting}",
+    ),
+    _Rule(
+        "could not translate host name",
+        "the host name does not resolve",
+        "check the host in {setting} (for Supabase: db.<project-ref>.supabase.co, which is "
+        "IPv6-only without the IPv4 add-on; the session pooler host works over IPv4)",
+    ),
+    _Rule(
+        "Connection refused",
+        "nothing is listening at that host and port",
+        "check the port in {setting} and that the server is running",
+    ),
+    _Rule(
+        "timeout expired",
+        "the server did not answer within the connect timeout",
+        "check the host, the port and any firewall between here and the server",
+    ),
+    _Rule(
+        "server does not support SSL",
+        "the server does not offer TLS",
+        "enable TLS on the server; patient data must not travel unencrypted",
+    ),
+    _Rule(
+        "certificate has expired",
+        "the server's TLS certificate has expired",
+        "renew the server certificate; do not weaken sslmode",
+    ),
+    _Rule(
+        "does not match host name",
+        "the server's TLS certificate is not valid for this host name",
+        "connect with the host name the certificate names (the one in the Supabase "
+        "dashboard), not an IP address or alias",
+    ),
+    _Rule(
+        "certificate verify failed",
+        "the server's TLS certificate is not signed by the given CA",
+        "point SUPABASE_SSLROOTCERT at the project's CA certificate from the dashboard",
+    ),
+    _Rule(
+        "root certificate file",
+        "the CA certificate file cannot be read",
+        "point SUPABASE_SSLROOTCERT at an existing, readable CA certificate file",
+    ),
+    _Rule(
+        "no encryption",
+        "the server refuses connections without TLS",
+        "add sslmode=verify-full and the CA certificate to {setting}",
+    ),
+    _Rule(
+        "no pg_hba.conf entry",
+        "the server does not allow this user/host/database combination",
+        "ask the server's administrator to allow it, or check the database name in {setting}",
+    ),
+    _Rule(
+        "does not exist",
+        "the database or role does not exist",
+        "check the database name and user in {setting}",
+    ),
+]
+
+
+class ConnectionFailedError(MigrationError):
+    """A connection that could not be opened: what failed, where, and what to change."""
+
+    def __init__(self, setting: str, shown: str, what: str, fix: str, detail: str) -> None:
+        self.setting = setting
+        self.shown = shown
+        self.what = what
+        self.fix = fix
+        self.detail = detail
+        super().__init__(f"cannot connect to {setting} ({shown}): {what}. Fix: {fix}. [{detail}]")
+
+    @classmethod
+    def from_libpq(cls, exc: psycopg.OperationalError, *, setting: str, shown: str) -> Self:
+        text = str(exc)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        detail = mask_values(lines[-1] if lines else type(exc).__name__)
+        for rule in _RULES:
+            if rule.needle in text:
+                return cls(setting, shown, rule.what, rule.fix.format(setting=setting), detail)
+        return cls(
+            setting,
+            shown,
+            "the connection failed",
+            f"check {setting}; the server said what is in brackets",
+            detail,
+        )

@@ -1,0 +1,184 @@
+"""Configuration from the environment or `.env`, validated before anything connects.
+
+Every value is optional at load time: commands differ in what they need, and a user who
+forgot three settings deserves one message naming all three (`Settings.require`).
+Secrets are `SecretStr`; `Settings.describe` is the only way settings are shown.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from migration_assets.db.dsn import (
+    DsnError,
+    is_transaction_pooler,
+    judge_target_tls,
+    mask_dsn,
+    parse_dsn,
+)
+
+
+class SchemaMode(StrEnum):
+    ALEMBIC = "alembic"
+    EXISTING = "existing"
+    PG_DUMP = "pg_dump"
+
+
+class SettingsError(Exception):
+    """Configuration that cannot work; the message says what to set."""
+
+
+HINTS: dict[str, str] = {
+    "SOURCE_DATABASE_URL": "the clinic's current database (postgresql://user:pw@host:5432/db)",
+    "SUPABASE_DB_URL": "the project's direct connection (port 5432) or session pooler URL",
+    "SUPABASE_POOLER_URL": "the transaction pooler URL (port 6543) the application will use",
+    "SUPABASE_SSLROOTCERT": "path of the project's CA certificate (prod-ca-2021.crt)",
+    "MIGRATION_PLAN": "path of the plan file written by `migration-assets plan --out FILE`",
+    "DAGSTER_HOME": "a directory for Dagster's run and check history (the audit trail)",
+}
+
+
+class Settings(BaseSettings):
+    """The names are a contract with users' shells and scripts: keep them exactly."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    source_database_url: SecretStr | None = Field(default=None, alias="SOURCE_DATABASE_URL")
+    supabase_db_url: SecretStr | None = Field(default=None, alias="SUPABASE_DB_URL")
+    supabase_pooler_url: SecretStr | None = Field(default=None, alias="SUPABASE_POOLER_URL")
+    supabase_sslrootcert: Path | None = Field(default=None, alias="SUPABASE_SSLROOTCERT")
+    migration_schema_mode: SchemaMode = Field(
+        default=SchemaMode.ALEMBIC, alias="MIGRATION_SCHEMA_MODE"
+    )
+    migration_plan: Path | None = Field(default=None, alias="MIGRATION_PLAN")
+    dagster_home: Path | None = Field(default=None, alias="DAGSTER_HOME")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_targets(self) -> Self:
+        problems = self.problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def problems(self) -> list[str]:
+        """Everything wrong with the values that are set; missing ones are `require`'s job."""
+        found: list[str] = []
+        cert = str(self.supabase_sslrootcert) if self.supabase_sslrootcert else None
+        if self.supabase_sslrootcert and not self.supabase_sslrootcert.is_file():
+            found.append(
+                f"SUPABASE_SSLROOTCERT={self.supabase_sslrootcert} is not a readable file: "
+                "download the CA certificate from the Supabase dashboard and point to it."
+            )
+        for name, value in self._urls().items():
+            try:
+                parse_dsn(value)
+            except DsnError as exc:
+                found.append(f"{name}: {exc}")
+                continue
+            if name == "SOURCE_DATABASE_URL":
+                continue
+            verdict = judge_target_tls(value, setting=name, sslrootcert=cert)
+            if not verdict.ok:
+                found.append(verdict.problem)
+        direct = self._urls().get("SUPABASE_DB_URL")
+        if direct and not found and is_transaction_pooler(direct):
+            found.append(
+                "SUPABASE_DB_URL uses port 6543, Supabase's transaction pooler, which keeps no "
+                "session state. Use the direct connection (db.<ref>.supabase.co:5432) or the "
+                "session pooler (port 5432 on the pooler host) for SUPABASE_DB_URL, and put the "
+                "6543 URL in SUPABASE_POOLER_URL."
+            )
+        return found
+
+    def _urls(self) -> dict[str, str]:
+        pairs = {
+            "SOURCE_DATABASE_URL": self.source_database_url,
+            "SUPABASE_DB_URL": self.supabase_db_url,
+            "SUPABASE_POOLER_URL": self.supabase_pooler_url,
+        }
+        return {k: v.get_secret_value() for k, v in pairs.items() if v is not None}
+
+    def require(self, *names: str) -> None:
+        """Fail once, naming every missing setting and what it should hold."""
+        missing = [n for n in names if getattr(self, n.lower()) in (None, "")]
+        if missing:
+            lines = [f"  {n}: {HINTS.get(n, '')}" for n in missing]
+            raise SettingsError(
+                "Missing settings (set them in the environment or in a .env file):\n"
+                + "\n".join(lines)
+            )
+
+    @property
+    def source_dsn(self) -> str:
+        self.require("SOURCE_DATABASE_URL")
+        assert self.source_database_url is not None
+        return self.source_database_url.get_secret_value()
+
+    @property
+    def target_dsn(self) -> str:
+        self.require("SUPABASE_DB_URL")
+        assert self.supabase_db_url is not None
+        return self.supabase_db_url.get_secret_value()
+
+    @property
+    def sslrootcert(self) -> str | None:
+        return str(self.supabase_sslrootcert) if self.supabase_sslrootcert else None
+
+    def plan_path(self, override: Path | str | None = None) -> Path:
+        """`--plan` wins over MIGRATION_PLAN; a missing file is named with the fix."""
+        if override is not None:
+            path = Path(override)
+        else:
+            self.require("MIGRATION_PLAN")
+            assert self.migration_plan is not None
+            path = self.migration_plan
+        if not path.is_file():
+            raise SettingsError(
+                f"plan file {path} does not exist: write one with "
+                f"`migration-assets plan --out {path}`, review it, then run again."
+            )
+        return path
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as it may be shown: URLs masked, paths as given."""
+        shown: dict[str, str] = {k: mask_dsn(v) for k, v in self._urls().items()}
+        shown["SUPABASE_SSLROOTCERT"] = self.sslrootcert or ""
+        shown["MIGRATION_SCHEMA_MODE"] = self.migration_schema_mode.value
+        shown["MIGRATION_PLAN"] = str(self.migration_plan or "")
+        shown["DAGSTER_HOME"] = str(self.dagster_home or "")
+        return shown
+
+    def export_environment(self) -> None:
+        """Put `.env` values into os.environ, where Dagster's EnvVar and dagster.yaml look."""
+        for key, value in self._urls().items():
+            os.environ[key] = value
+        for key, path in (
+            ("SUPABASE_SSLROOTCERT", self.supabase_sslrootcert),
+            ("MIGRATION_PLAN", self.migration_plan),
+            ("DAGSTER_HOME", self.dagster_home),
+        ):
+            if path is not None:
+                os.environ[key] = str(path)
+        os.environ["MIGRATION_SCHEMA_MODE"] = self.migration_schema_mode.value
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Settings, or a SettingsError whose lines a tired operator can act on."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        lines: list[str] = []
+        for err in exc.errors(include_url=False, include_input=False):
+            msg = str(err.get("msg", ""))
+            msg = msg.removeprefix("Value error, ")
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            lines.append(f"{loc}: {msg}" if loc else msg)
+        raise SettingsError("Invalid settings:\n" + "\n".join(f"  {ln}" for ln in lines)) from None

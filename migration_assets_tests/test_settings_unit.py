@@ -1,0 +1,190 @@
+"""Settings and DSN handling: pure logic, no database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migration_assets.db.dsn import (
+    is_local_host,
+    judge_target_tls,
+    mask_dsn,
+    parse_dsn,
+    sqlalchemy_url,
+    with_params,
+)
+from migration_assets.settings import SchemaMode, SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+
+SECRET = "s3cr3t-P@ss"
+ENCODED = "s3cr3t-P%40ss"  # how a URL must carry it
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        (
+            f"postgresql://app:{ENCODED}@db.example.com:5432/clinic",
+            "postgresql://app:***@db.example.com:5432/clinic",
+        ),
+        (
+            f"host=localhost user=app password={SECRET} dbname=clinic",
+            "postgresql://app:***@localhost/clinic",
+        ),
+        ("postgresql://app@localhost/clinic", "postgresql://app@localhost/clinic"),
+        (
+            f"postgresql://app:{ENCODED}@h/db?sslmode=verify-full&sslrootcert=/ca.crt",
+            "postgresql://app:***@h/db?sslmode=verify-full&sslrootcert=/ca.crt",
+        ),
+        ("not a dsn ::: ===", "<unparseable connection string>"),
+        (f"postgresql://app:{SECRET}@h/db", "<unparseable connection string>"),
+    ],
+)
+def test_mask_dsn_never_shows_the_password(dsn: str, shown: str) -> None:
+    assert mask_dsn(dsn) == shown
+    assert SECRET not in mask_dsn(dsn)
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.1", True),
+        ("::1", True),
+        ("/var/run/postgresql", True),
+        ("", True),
+        ("db.abc.supabase.co", False),
+        ("10.0.0.5", False),
+        ("2001:db8::1", False),
+    ],
+)
+def test_is_local_host(host: str, local: bool) -> None:
+    assert is_local_host(host) is local
+
+
+def test_remote_target_needs_verify_full_and_a_ca() -> None:
+    weak = judge_target_tls(
+        "postgresql://u:p@db.x.supabase.co/postgres?sslmode=require",
+        setting="SUPABASE_DB_URL",
+        sslrootcert=None,
+    )
+    assert not weak.ok
+    assert "sslmode=verify-full" in weak.problem
+    assert "SUPABASE_SSLROOTCERT" in weak.problem
+    no_ca = judge_target_tls(
+        "postgresql://u:p@db.x.supabase.co/postgres?sslmode=verify-full",
+        setting="SUPABASE_DB_URL",
+        sslrootcert=None,
+    )
+    assert not no_ca.ok
+    assert "CA certificate" in no_ca.problem
+    good = judge_target_tls(
+        "postgresql://u:p@db.x.supabase.co/postgres?sslmode=verify-full",
+        setting="SUPABASE_DB_URL",
+        sslrootcert="/ca.crt",
+    )
+    assert good.ok
+    local = judge_target_tls("postgresql://u:p@localhost/postgres", setting="X", sslrootcert=None)
+    assert local.ok
+
+
+def test_with_params_keeps_what_the_dsn_says() -> None:
+    out = parse_dsn(
+        with_params(
+            "postgresql://u@h/db?connect_timeout=3", connect_timeout="10", sslrootcert="/ca.crt"
+        )
+    )
+    assert out["connect_timeout"] == "3"
+    assert out["sslrootcert"] == "/ca.crt"
+
+
+def test_sqlalchemy_url_round_trips_every_parameter() -> None:
+    url = sqlalchemy_url(
+        f"postgresql://a%40b:{ENCODED}@h:6000/db?sslmode=verify-full", sslrootcert="/ca.crt"
+    )
+    assert url.startswith("postgresql+psycopg://a%40b:")
+    assert parse_dsn(url.replace("+psycopg", "")) == {
+        "user": "a@b",
+        "password": SECRET,
+        "host": "h",
+        "port": "6000",
+        "dbname": "db",
+        "sslmode": "verify-full",
+        "sslrootcert": "/ca.crt",
+    }
+
+
+def test_unencoded_at_sign_in_a_password_is_refused_without_echoing_it(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATABASE_URL", f"postgresql://app:{SECRET}@localhost/clinic")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    assert "%40" in str(caught.value)
+    assert "ss@localhost" not in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_missing_settings_are_listed_in_one_message(isolated_cwd: Path) -> None:
+    settings = load_settings(env_file=None)
+    with pytest.raises(SettingsError) as caught:
+        settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
+    text = str(caught.value)
+    for name in ("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME"):
+        assert name in text
+
+
+def test_settings_come_from_a_dotenv_file(isolated_cwd: Path) -> None:
+    (isolated_cwd / ".env").write_text(
+        f"SOURCE_DATABASE_URL=postgresql://u:{ENCODED}@localhost/src\n"
+        "MIGRATION_SCHEMA_MODE=pg_dump\n"
+    )
+    settings = load_settings()
+    assert settings.source_dsn.endswith("/src")
+    assert settings.migration_schema_mode is SchemaMode.PG_DUMP
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings.describe())
+
+
+def test_unsafe_remote_target_is_refused_with_the_fix(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "SUPABASE_DB_URL", f"postgresql://postgres:{ENCODED}@db.abc.supabase.co:5432/postgres"
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    text = str(caught.value)
+    assert "sslmode=verify-full" in text
+    assert SECRET not in text
+
+
+def test_transaction_pooler_is_refused_for_migration(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPABASE_DB_URL", "postgresql://postgres:x@localhost:6543/postgres")
+    with pytest.raises(SettingsError, match="6543"):
+        load_settings(env_file=None)
+
+
+def test_missing_ca_file_is_named(isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_SSLROOTCERT", str(isolated_cwd / "nope.crt"))
+    with pytest.raises(SettingsError, match=r"nope\.crt"):
+        load_settings(env_file=None)
+
+
+def test_plan_option_overrides_the_setting(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = isolated_cwd / "a.json", isolated_cwd / "b.json"
+    a.write_text("{}")
+    b.write_text("{}")
+    monkeypatch.setenv("MIGRATION_PLAN", str(a))
+    settings = load_settings(env_file=None)
+    assert settings.plan_path() == a
+    assert settings.plan_path(b) == b
+    with pytest.raises(SettingsError, match="migration-assets plan"):
+        settings.plan_path(isolated_cwd / "missing.json")
