@@ -1,0 +1,333 @@
+"""`migration-assets`: demo, plan, migrate, status, verify, report, ui.
+
+Exit codes: 0 everything verified; 1 something did not verify (details printed);
+2 configuration or connection problem (the message names the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from migration_assets import __version__
+from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.plan import (
+    DEFAULT_MIN_PARTITIONS,
+    DEFAULT_ROWS_PER_PARTITION,
+    MIN_ROWS_TO_SPLIT,
+    PlanError,
+)
+from migration_assets.settings import SettingsError, load_settings
+
+# Piped output gets a generous width: folded table names are hard to grep.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+if TYPE_CHECKING:
+    from migration_assets.plan import MigrationPlan
+    from migration_assets.runner import MigrateReport, Runner
+    from migration_assets.verify import TableComparison
+
+EXIT_OK, EXIT_UNVERIFIED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migration-assets",
+        description="Move a PostgreSQL database into Supabase as verified Dagster assets.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="throwaway servers, seed, plan, migrate, verify")
+    demo.add_argument("--patients", type=int, default=10_000)
+    demo.add_argument("--keep", action="store_true", help="leave the servers running")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--seed", type=int, default=42)
+
+    stack = sub.add_parser("stack", help="stop a stack left running by `demo --keep`")
+    stack.add_argument("action", choices=["down"])
+    stack.add_argument("dir", type=Path, help="the stack's directory (printed by demo --keep)")
+
+    plan = sub.add_parser("plan", help="reflect the source and write a plan file")
+    plan.add_argument("--out", type=Path, required=True)
+    plan.add_argument("--rows-per-partition", type=int, default=DEFAULT_ROWS_PER_PARTITION)
+    plan.add_argument("--min-partitions", type=int, default=DEFAULT_MIN_PARTITIONS)
+    plan.add_argument(
+        "--split-above",
+        type=int,
+        default=MIN_ROWS_TO_SPLIT,
+        help="tables with fewer rows get a single partition",
+    )
+    plan.add_argument(
+        "--schema",
+        action="append",
+        dest="schemas",
+        help="only these schemas (repeatable; default: all user schemas)",
+    )
+
+    migrate = sub.add_parser("migrate", help="copy every missing or failed partition")
+    _plan_option(migrate)
+    migrate.add_argument("--workers", type=int, default=2)
+    migrate.add_argument("--force", action="store_true", help="re-copy every partition")
+    migrate.add_argument(
+        "--resync",
+        action="store_true",
+        help="re-checksum every slice; re-copy only those that differ",
+    )
+
+    status = sub.add_parser("status", help="partitions materialized / failed / missing")
+    _plan_option(status)
+
+    verify = sub.add_parser("verify", help="compare every table on both sides")
+    _plan_option(verify)
+    verify.add_argument("--tables", nargs="+", help="only these tables (schema.table)")
+    return parser
+
+
+def _plan_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", type=Path, help="plan file (default: $MIGRATION_PLAN)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except (SettingsError, PlanError, MigrationError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        return EXIT_CONFIG
+    except psycopg.Error as exc:  # never a raw traceback: it can quote row values
+        err.print(f"[bold red]database error:[/] {safe_message(exc)}", markup=True)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        err.print("interrupted: partitions in flight were rolled back; run `migrate` again")
+        return 130
+
+
+# ---------------------------------------------------------------- plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from migration_assets.db.session import connect
+    from migration_assets.plan import build_plan, save_plan
+
+    settings = load_settings(args.env_file)
+    with connect(settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+        plan = build_plan(
+            conn,
+            source_dsn=settings.source_dsn,
+            rows_per_partition=args.rows_per_partition,
+            min_partitions=args.min_partitions,
+            split_above=args.split_above,
+            schemas=args.schemas,
+        )
+    save_plan(plan, args.out)
+    _print_plan(plan)
+    out.print(
+        f"plan written to {args.out}: review it, then `migration-assets migrate --plan {args.out}`"
+    )
+    return EXIT_OK
+
+
+def _print_plan(plan: MigrationPlan) -> None:
+    table = Table(title=f"plan: {len(plan.tables)} tables, {plan.total_partitions()} partitions")
+    for column in ("table", "rows (est.)", "key", "slices"):
+        table.add_column(column, overflow="fold")
+    for t in plan.tables:
+        table.add_row(
+            t.qualified,
+            f"{t.row_estimate:,}",
+            ", ".join(t.key) or "(none)",
+            f"{t.slicing.partitions} {t.slicing.strategy.value}",
+        )
+    out.print(table)
+    for name, why in sorted(plan.skipped.items()):
+        out.print(f"  not copied: {name}: {why}")
+
+
+# ---------------------------------------------------------------- migrate
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from migration_assets.runner import open_runner
+
+    runner = open_runner(load_settings(args.env_file), args.plan)
+    report = _migrate_with_progress(
+        runner, workers=args.workers, force=args.force, resync=args.resync
+    )
+    return _print_migrate(report)
+
+
+def _migrate_with_progress(
+    runner: Runner, *, workers: int, force: bool, resync: bool
+) -> MigrateReport:
+    from migration_assets.runner import Outcome, migrate
+
+    started = time.perf_counter()
+    rows = 0
+    progress = Progress(
+        TextColumn("[bold]migrate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("partitions"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    task_id = progress.add_task("migrate", total=None, rate="")
+
+    def on_start(total: int, done: int) -> None:
+        progress.update(task_id, total=total + done, completed=done)
+        progress.start()
+
+    def on_done(outcome: Outcome) -> None:
+        nonlocal rows
+        rows += outcome.rows
+        rate = rows / max(time.perf_counter() - started, 1e-6)
+        progress.update(task_id, advance=1, rate=f"{rows:,} rows, {rate:,.0f} rows/s")
+        if not outcome.ok:
+            progress.console.print(
+                f"  [red]FAILED[/] {outcome.task.table} partition {outcome.task.partition}: "
+                f"{outcome.message}",
+                soft_wrap=True,
+            )
+
+    try:
+        return migrate(
+            runner, workers=workers, force=force, resync=resync, on_start=on_start, on_done=on_done
+        )
+    finally:
+        progress.stop()
+
+
+def _print_migrate(report: MigrateReport) -> int:
+    if not report.schema_ok:
+        err.print("[bold red]schema step failed; no data was copied.[/]")
+        err.print(report.schema_message, markup=False)
+        return EXIT_UNVERIFIED
+    copied = len(report.outcomes) - len(report.failed)
+    if report.differing_slices is not None:
+        out.print(
+            f"resync: {report.differing_slices} of {report.total_partitions} slices "
+            f"differed; re-copied {report.differing_slices}"
+        )
+    out.print(
+        f"migrate: {copied} partition(s) copied and verified, {len(report.failed)} failed, "
+        f"{report.skipped_partitions} already verified; {report.rows:,} rows in "
+        f"{report.seconds:.1f}s"
+    )
+    if report.failed:
+        out.print(
+            "failed partitions are FAILED in Dagster: run `migration-assets migrate` "
+            "again (or backfill failed partitions in the UI) to redo only those."
+        )
+        return EXIT_UNVERIFIED
+    if not report.sequences_ok:
+        out.print("[red]sequences step failed[/]; see the supabase_sequences asset in the UI")
+        return EXIT_UNVERIFIED
+    out.print("[green]every partition verified; sequences set[/]")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from migration_assets.runner import Status, open_runner
+
+    runner = open_runner(load_settings(args.env_file), args.plan)
+    statuses = runner.statuses()
+    table = Table(title="partitions per table")
+    for column in ("asset", "materialized", "failed", "missing", "in progress", "total"):
+        table.add_column(column, justify="right" if column != "asset" else "left", overflow="fold")
+    incomplete = 0
+    for t in runner.plan.tables:
+        counts = dict.fromkeys(Status, 0)
+        for status in statuses[t.qualified].values():
+            counts[status] += 1
+        incomplete += counts[Status.FAILED] + counts[Status.MISSING] + counts[Status.IN_PROGRESS]
+        table.add_row(
+            "/".join(t.asset_path), *(str(counts[s]) for s in Status), str(t.slicing.partitions)
+        )
+    out.print(table)
+    return EXIT_OK if incomplete == 0 else EXIT_UNVERIFIED
+
+
+# ---------------------------------------------------------------- verify
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from migration_assets.runner import open_runner
+    from migration_assets.verify import compare_tables
+
+    runner = open_runner(load_settings(args.env_file), args.plan)
+    tables = [runner.plan.table(name) for name in args.tables] if args.tables else None
+    results = compare_tables(runner, tables)
+    return _print_comparison(results)
+
+
+def _print_comparison(results: Sequence[TableComparison]) -> int:
+    table = Table(title="source vs target")
+    for column in ("table", "source rows", "target rows", "checksums", "differing slices"):
+        table.add_column(column, overflow="fold")
+    bad = 0
+    for r in results:
+        bad += not r.equal
+        table.add_row(
+            r.table,
+            f"{r.source.rows:,}",
+            f"{r.target.rows:,}",
+            "[green]equal[/]" if r.equal else "[red]DIFFER[/]",
+            ", ".join(r.differing_slices) or "-",
+        )
+    out.print(table)
+    return EXIT_OK if bad == 0 else EXIT_UNVERIFIED
+
+
+# ---------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from migration_assets.demo import run_demo
+
+    return run_demo(
+        patients=args.patients, keep=args.keep, workers=args.workers, seed=args.seed, console=out
+    )
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    import shutil
+
+    from migration_assets.devstack.stack import DevStack
+
+    DevStack.attach(args.dir).stop()
+    shutil.rmtree(args.dir, ignore_errors=True)
+    out.print(f"stack in {args.dir} stopped and removed")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "stack": cmd_stack,
+    "plan": cmd_plan,
+    "migrate": cmd_migrate,
+    "status": cmd_status,
+    "verify": cmd_verify,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

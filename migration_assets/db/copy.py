@@ -1,0 +1,200 @@
+"""Copy one slice source -> target in one target transaction, verified before COMMIT.
+
+DELETE the slice, COPY it again, count and checksum it on both sides (the source in the
+REPEATABLE READ snapshot it was read from, the target before COMMIT), and roll back on
+any difference. A retry never duplicates; a crash leaves the slice as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import IsolationLevel, sql
+from psycopg.copy import QueuedLibpqWriter
+
+from migration_assets.db.checksum import Checksum, slice_checksum
+from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.db.session import Connection, server_major
+from migration_assets.db.slices import SliceSpec
+
+CHUNK_BYTES = 64 * 1024
+LOCK_NAMESPACE = 0x6D61  # "ma": keeps our advisory locks apart from the application's
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    rows: int
+    bytes: int
+    seconds: float
+    deleted: int
+    binary: bool
+    source: Checksum
+    target: Checksum
+
+    @property
+    def verified(self) -> bool:
+        return self.source == self.target
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float(self.rows)
+
+
+class SliceMismatchError(MigrationError):
+    """The target slice differs from the source after the copy; nothing was committed."""
+
+    def __init__(self, spec: SliceSpec, result: SliceResult) -> None:
+        self.result = result
+        super().__init__(
+            f"{spec.schema}.{spec.table} slice {spec.index:03d} did not verify: source "
+            f"{result.source}, target {result.target}. The copy was rolled back; the slice "
+            "is as it was. If the source is being written to, this is expected: "
+            "re-run the partition (or `migration-assets migrate`) once writes stop."
+        )
+
+
+class SliceBusyError(MigrationError):
+    """Another run holds this slice; two writers must never interleave on one slice."""
+
+
+@dataclass(frozen=True)
+class CopyTarget:
+    spec: SliceSpec
+    copy_columns: list[str]
+    checksum_columns: list[str]
+    binary_safe: bool
+
+
+def slice_lock_key(spec: SliceSpec) -> sql.Composable:
+    return sql.SQL("pg_try_advisory_xact_lock({}, hashtext({}))").format(
+        sql.Literal(LOCK_NAMESPACE), sql.Literal(f"{spec.schema}.{spec.table}/{spec.index}")
+    )
+
+
+def use_binary(source: Connection, target: Connection, job: CopyTarget) -> bool:
+    """Binary COPY only between equal major versions and for OID-free column types."""
+    return job.binary_safe and server_major(source) == server_major(target)
+
+
+def copy_slice(source: Connection, target: Connection, job: CopyTarget) -> SliceResult:
+    """Copy and verify one slice; raises SliceMismatchError (after rollback) when they differ."""
+    binary = use_binary(source, target, job)
+    started = time.perf_counter()
+    source.isolation_level = IsolationLevel.REPEATABLE_READ
+    source.read_only = True
+    try:
+        with source.transaction(), target.transaction():
+            _prepare_target(target, job.spec)
+            deleted = _delete_slice(target, job.spec)
+            rows, nbytes = _stream(source, target, job, binary)
+            src_sum = slice_checksum(source, job.spec, job.checksum_columns)
+            tgt_sum = slice_checksum(target, job.spec, job.checksum_columns)
+            result = SliceResult(
+                rows=rows,
+                bytes=nbytes,
+                seconds=time.perf_counter() - started,
+                deleted=deleted,
+                binary=binary,
+                source=src_sum,
+                target=tgt_sum,
+            )
+            if not result.verified:
+                raise SliceMismatchError(job.spec, result)
+    except psycopg.Error as exc:
+        raise _explain(exc, job.spec) from None
+    finally:
+        source.read_only = False
+        source.isolation_level = None
+    return result
+
+
+def _prepare_target(target: Connection, spec: SliceSpec) -> None:
+    row = target.execute(sql.SQL("SELECT {}").format(slice_lock_key(spec))).fetchone()
+    if not row or not row[0]:
+        raise SliceBusyError(
+            f"{spec.schema}.{spec.table} slice {spec.index:03d} is being written by another "
+            "run right now; wait for it to finish (see the Dagster UI) and retry."
+        )
+    # Triggers (updated_at, append-only guards) and FK checks must not touch migrated rows;
+    # integrity is proven afterwards by the FK orphan check.
+    target.execute("SET LOCAL session_replication_role = replica")
+
+
+def _delete_slice(target: Connection, spec: SliceSpec) -> int:
+    cur = target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(spec.relation, spec.predicate()))
+    return max(cur.rowcount, 0)
+
+
+def _stream(
+    source: Connection, target: Connection, job: CopyTarget, binary: bool
+) -> tuple[int, int]:
+    """Rows flow in chunks; the whole slice is never held in memory."""
+    spec = job.spec
+    fmt = sql.SQL("(FORMAT binary)" if binary else "(FORMAT text)")
+    columns = sql.SQL(", ").join(map(sql.Identifier, job.copy_columns))
+    copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT {}").format(
+        columns, spec.relation, spec.predicate(), fmt
+    )
+    copy_in = sql.SQL("COPY {} ({}) FROM STDIN {}").format(spec.relation, columns, fmt)
+    nbytes = 0
+    with source.cursor() as scur, target.cursor() as tcur:
+        with scur.copy(copy_out) as out, tcur.copy(copy_in, writer=QueuedLibpqWriter(tcur)) as sink:
+            buffer = bytearray()
+            for chunk in out:
+                buffer += chunk
+                if len(buffer) >= CHUNK_BYTES:
+                    sink.write(bytes(buffer))
+                    nbytes += len(buffer)
+                    buffer.clear()
+            if buffer:
+                sink.write(bytes(buffer))
+                nbytes += len(buffer)
+        rows = max(tcur.rowcount, 0)
+    return rows, nbytes
+
+
+_PRIVILEGE_HINT = {
+    "session_replication_role": (
+        "the migration role may not set session_replication_role. As a superuser run: "
+        "GRANT SET ON PARAMETER session_replication_role TO <migration role>; "
+        "(PostgreSQL 15+; Supabase's postgres role already has it)"
+    ),
+}
+
+
+def _explain(exc: psycopg.Error, spec: SliceSpec) -> MigrationError:
+    """A database error as a message with no row values and, where we know one, a fix."""
+    message = safe_message(exc)
+    where = f"{spec.schema}.{spec.table} slice {spec.index:03d}"
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        for needle, hint in _PRIVILEGE_HINT.items():
+            if needle in message:
+                return MigrationError(f"{where}: {hint}. [{message}]")
+        return MigrationError(
+            f"{where}: the migration role lacks a privilege it needs (SELECT on the source; "
+            f"INSERT and DELETE on the target table). Grant it and retry. [{message}]"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        return MigrationError(
+            f"{where}: the connection was lost mid-copy; nothing of this slice was committed. "
+            f"Re-run it (`migration-assets migrate` picks up failed slices). [{message}]"
+        )
+    return MigrationError(f"{where}: {message}")
+
+
+def describe_result(result: SliceResult) -> dict[str, Any]:
+    return {
+        "rows": result.rows,
+        "bytes": result.bytes,
+        "seconds": round(result.seconds, 3),
+        "rows_per_second": round(result.rows_per_second, 1),
+        "deleted_before_copy": result.deleted,
+        "copy_format": "binary" if result.binary else "text",
+        "source_rows": result.source.rows,
+        "target_rows": result.target.rows,
+        "source_checksum": result.source.digest,
+        "target_checksum": result.target.digest,
+    }

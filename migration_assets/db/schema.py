@@ -1,0 +1,338 @@
+"""The target's schema: apply it, compare it with the source, lock it down.
+
+Three ways to get a schema onto the target (MIGRATION_SCHEMA_MODE): the application's
+Alembic migrations (default), a schema provisioned by other means (only verified), or
+`pg_dump --schema-only` of the source. Whatever the way, the comparison with the source
+decides whether data may flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from migration_assets.db.catalog import Catalog, TableInfo
+from migration_assets.db.dsn import parse_dsn, sqlalchemy_url, with_params
+from migration_assets.db.errors import MigrationError, mask_values, safe_message
+from migration_assets.db.session import Connection
+from migration_assets.devstack.binaries import DevstackError, pg_bin_dir
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the target's schema differs from the source's (or the plan's)."""
+
+    subject: str  # qualified table, type or sequence
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.message}"
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def compare_catalogs(
+    source: Catalog, target: Catalog, tables: Iterable[str], enums: Iterable[str] = ()
+) -> list[Difference]:
+    """Every difference that matters to the data or the application, named."""
+    found: list[Difference] = []
+    for name in tables:
+        src = source.tables.get(name)
+        tgt = target.tables.get(name)
+        if src is None:
+            found.append(Difference(name, "missing on the source"))
+        elif tgt is None:
+            found.append(Difference(name, "table missing on the target"))
+        else:
+            found.extend(_compare_table(src, tgt))
+    for enum in enums:
+        src_labels = source.enums.get(enum)
+        tgt_labels = target.enums.get(enum)
+        if tgt_labels is None:
+            found.append(Difference(enum, "enum type missing on the target"))
+        elif src_labels is not None and src_labels != tgt_labels:
+            found.append(
+                Difference(
+                    enum,
+                    f"enum labels {list(src_labels)} on the source, "
+                    f"{list(tgt_labels)} on the target",
+                )
+            )
+    return found
+
+
+def _compare_table(src: TableInfo, tgt: TableInfo) -> list[Difference]:
+    name = src.qualified
+    found: list[Difference] = []
+    src_cols = {c.name: c for c in src.columns}
+    tgt_cols = {c.name: c for c in tgt.columns}
+    for col, s in src_cols.items():
+        t = tgt_cols.get(col)
+        if t is None:
+            found.append(Difference(name, f"column {col} missing on the target"))
+            continue
+        if s.type != t.type:
+            found.append(
+                Difference(name, f"column {col} is {s.type} on the source, {t.type} on the target")
+            )
+        if s.not_null != t.not_null:
+            found.append(
+                Difference(
+                    name,
+                    f"column {col} is {_null(s.not_null)} on the source, "
+                    f"{_null(t.not_null)} on the target",
+                )
+            )
+        if s.generated != t.generated:
+            found.append(Difference(name, f"column {col} is generated on one side only"))
+    for col, t in tgt_cols.items():
+        if col not in src_cols:
+            extra = "a NOT NULL column" if t.not_null and t.default is None else "a column"
+            found.append(Difference(name, f"{extra} {col} exists only on the target"))
+    found.extend(_compare_named(name, "constraint", src.constraints, tgt.constraints))
+    found.extend(_compare_named(name, "index", src.indexes, tgt.indexes))
+    return found
+
+
+def _null(not_null: bool) -> str:
+    return "NOT NULL" if not_null else "nullable"
+
+
+def _compare_named(
+    table: str, kind: str, src: dict[str, str], tgt: dict[str, str]
+) -> list[Difference]:
+    found = []
+    for name, definition in src.items():
+        if name not in tgt:
+            found.append(Difference(table, f"{kind} {name} missing on the target"))
+        elif tgt[name] != definition:
+            found.append(
+                Difference(
+                    table,
+                    f"{kind} {name} differs: {definition!r} on the "
+                    f"source, {tgt[name]!r} on the target",
+                )
+            )
+    found.extend(
+        Difference(table, f"{kind} {name} exists only on the target")
+        for name in tgt
+        if name not in src
+    )
+    return found
+
+
+def plan_drift(
+    planned: dict[str, list[tuple[str, str]]],
+    source: Catalog,
+    schemas: Iterable[str],
+    ignore: Iterable[str] = (),
+) -> list[Difference]:
+    """Tables or columns that changed on the source since the plan was reviewed."""
+    ignored = set(ignore)
+    found: list[Difference] = []
+    current = source.in_schemas(schemas)
+    for name, columns in planned.items():
+        info = current.tables.get(name)
+        if info is None:
+            found.append(Difference(name, "in the plan but no longer on the source"))
+            continue
+        now = [(c.name, c.type) for c in info.columns]
+        if now != columns:
+            found.append(
+                Difference(name, "columns changed on the source since the plan was written")
+            )
+    for name in current.tables:
+        if name not in planned and name not in ignored:
+            found.append(Difference(name, "on the source but not in the plan"))
+    return found
+
+
+# ---------------------------------------------------------------- applying
+
+
+def alembic_revision(conn: Connection) -> str | None:
+    """The revision in alembic_version, or None where Alembic never ran."""
+    exists = conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    rows = conn.execute("SELECT version_num FROM public.alembic_version ORDER BY 1").fetchall()
+    conn.rollback()
+    return ",".join(r[0] for r in rows) or None
+
+
+def alembic_upgrade(
+    dsn: str, *, sslrootcert: str | None, config_path: Path, revision: str = "head"
+) -> None:
+    """`alembic upgrade` over our connection, so TLS and the CA file are ours too."""
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from alembic import command
+
+    if not config_path.is_file():
+        raise MigrationError(
+            f"Alembic config {config_path} not found: set MIGRATION_ALEMBIC_CONFIG to your "
+            "application's alembic.ini, or use MIGRATION_SCHEMA_MODE=existing or pg_dump."
+        )
+    cfg = Config(str(config_path))
+    engine = create_engine(
+        sqlalchemy_url(dsn, sslrootcert=sslrootcert),
+        connect_args={"prepare_threshold": None},
+        poolclass=NullPool,
+    )
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            cfg.attributes["configure_logger"] = False  # keep the host's logging as it is
+            command.upgrade(cfg, revision)
+    except Exception as exc:
+        raise MigrationError(f"alembic upgrade {revision} failed: {safe_message(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+def pg_dump_schema(
+    source_dsn: str,
+    target_dsn: str,
+    *,
+    sslrootcert: str | None,
+    schemas: list[str],
+    bin_dir: Path | None,
+    target_version: int,
+) -> None:
+    """Copy the source's schema with pg_dump | psql; passwords travel in the environment."""
+    with psycopg.connect(with_params(source_dsn, connect_timeout="10")) as conn:
+        source_version = conn.info.server_version // 10000
+    pg_dump = _tool("pg_dump", bin_dir, at_least=source_version)
+    psql = _tool("psql", bin_dir, at_least=0)
+    src_info, src_env = _split_password(source_dsn)
+    tgt_info, tgt_env = _split_password(with_params(target_dsn, sslrootcert=sslrootcert))
+    args = [pg_dump, "--schema-only", "--no-owner", "--no-privileges", "-d", src_info]
+    for schema in schemas:  # quoted: patterns are case-folded and wildcarded otherwise
+        args += ["-n", '"' + schema.replace('"', '""') + '"']
+    dump = _run(args, src_env, "pg_dump --schema-only")
+    if target_version < 17:  # newer pg_dump writes settings an older server rejects
+        dump = "\n".join(
+            ln for ln in dump.splitlines() if not ln.startswith("SET transaction_timeout")
+        )
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as fh:
+        fh.write(dump)
+    try:
+        _run(
+            [
+                psql,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--single-transaction",
+                "-d",
+                tgt_info,
+                "-f",
+                fh.name,
+            ],
+            tgt_env,
+            "psql (applying the schema dump)",
+        )
+    finally:
+        os.unlink(fh.name)
+
+
+def _tool(name: str, bin_dir: Path | None, *, at_least: int) -> str:
+    """The client tool: ours if configured, else the newest one found that is new enough.
+
+    pg_dump refuses servers newer than itself; newer pg_dump output fed to an older target
+    is handled by the caller.
+    """
+    candidates: list[Path] = []
+    if bin_dir:
+        candidates.append(bin_dir / name)
+    with contextlib.suppress(DevstackError):  # the wheel is optional for this purpose
+        candidates.append(pg_bin_dir() / name)
+    on_path = shutil.which(name)
+    if on_path:
+        candidates.append(Path(on_path))
+    candidates += sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    versions = {str(c): _tool_version(c) for c in candidates if c.exists()}
+    usable = [c for c, v in versions.items() if v >= at_least]
+    if not usable:
+        raise MigrationError(
+            f"no {name} of version {at_least} or newer found: install the PostgreSQL "
+            f"{at_least} client tools or set MIGRATION_PG_BIN to their bin directory"
+        )
+    return (
+        usable[0]
+        if bin_dir and usable[0] == str(bin_dir / name)
+        else max(usable, key=lambda c: versions[c])
+    )
+
+
+def _tool_version(path: Path) -> int:
+    proc = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=False)
+    try:
+        return int(proc.stdout.split()[-1].split(".")[0]) if proc.returncode == 0 else 0
+    except (IndexError, ValueError):
+        return 0
+
+
+def _split_password(dsn: str) -> tuple[str, dict[str, str]]:
+    params = parse_dsn(dsn)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return psycopg.conninfo.make_conninfo("", **params), env
+
+
+def _run(args: list[str], env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        tail = mask_values(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "")
+        raise MigrationError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return proc.stdout
+
+
+def harden(
+    conn: Connection,
+    tables: Iterable[tuple[str, str, bool]],
+    *,
+    exposed_schemas: Iterable[str],
+    api_roles: Iterable[str],
+) -> list[str]:
+    """RLS on, Data API roles' grants off, for tables in schemas the Data API exposes.
+
+    Supabase grants everything created in `public` to anon and authenticated by default;
+    for PHI that is a breach waiting for a missing policy. Returns what was changed.
+    """
+    exposed = set(exposed_schemas)
+    existing = {
+        r[0]
+        for r in conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(api_roles)]
+        )
+    }
+    changed: list[str] = []
+    for schema, table, grants_allowed in tables:
+        if schema not in exposed:
+            continue
+        rel = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(rel))
+        changed.append(f"{schema}.{table}: row level security enabled")
+        if existing and not grants_allowed:
+            roles = sql.SQL(", ").join(map(sql.Identifier, sorted(existing)))
+            conn.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(rel, roles))
+            changed.append(
+                f"{schema}.{table}: privileges revoked from {', '.join(sorted(existing))}"
+            )
+    return changed

@@ -1,0 +1,112 @@
+"""`migration-assets demo`: the whole story on throwaway servers, in about a minute.
+
+Start the stack, build the clinic schema with the app's Alembic migrations and seed it,
+write a plan, migrate through Dagster, verify, print a summary. With --keep the servers
+stay up and their settings go to a 0600 env file (never to the terminal).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from migration_assets.db.schema import alembic_upgrade
+from migration_assets.db.session import connect
+from migration_assets.devstack.seed import seed as seed_database
+from migration_assets.devstack.stack import DevStack
+from migration_assets.plan import build_plan, save_plan
+from migration_assets.settings import load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def _phase(timings: dict[str, float], name: str, console: Console) -> Iterator[None]:
+    console.print(f"[bold]{name}[/] ...")
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started
+
+
+def prepare_source(stack: DevStack, *, patients: int, seed: int) -> dict[str, int]:
+    """The clinic's database as the app would have it: Alembic head, then synthetic rows."""
+    alembic_upgrade(stack.source_url, sslrootcert=None, config_path=REPO_ROOT / "alembic.ini")
+    with connect(stack.source_url, setting="SOURCE_DATABASE_URL") as conn:
+        counts = seed_database(conn, patients=patients, seed=seed)
+        conn.commit()
+    return counts
+
+
+def run_demo(
+    *,
+    patients: int,
+    keep: bool,
+    workers: int,
+    seed: int,
+    console: Console,
+    migrate_step: Callable[..., int] | None = None,
+) -> int:
+    from migration_assets.cli import _migrate_with_progress, _print_comparison, _print_migrate
+    from migration_assets.runner import Runner
+    from migration_assets.verify import compare_tables
+
+    timings: dict[str, float] = {}
+    stack = DevStack(keep_root=keep)
+    with _phase(timings, "start servers", console):
+        stack.start()
+    try:
+        _print_stack(stack, console)
+        with _phase(timings, f"seed {patients:,} patients", console):
+            counts = prepare_source(stack, patients=patients, seed=seed)
+        console.print(f"  {sum(counts.values()):,} rows in {len(counts)} tables")
+        plan_path = stack.home / "plan.json"
+        with (
+            _phase(timings, "plan", console),
+            connect(stack.source_url, setting="SOURCE_DATABASE_URL") as conn,
+        ):
+            save_plan(build_plan(conn, source_dsn=stack.source_url), plan_path)
+        os.environ.update(stack.env())
+        os.environ["MIGRATION_PLAN"] = str(plan_path)
+        runner = Runner.open(load_settings(env_file=None), plan_path)
+        with _phase(timings, "migrate", console):
+            report = _migrate_with_progress(runner, workers=workers, force=False, resync=False)
+        code = _print_migrate(report)
+        with _phase(timings, "verify", console):
+            results = compare_tables(runner)
+        code = max(code, _print_comparison(results))
+        _print_timings(timings, console)
+        if keep:
+            env_file = stack.write_env_file()
+            stack.detach()
+            console.print(
+                f"servers left running. Settings (with passwords) are in {env_file} (0600):\n"
+                f"  set -a; . {env_file}; set +a\n"
+                f"  export MIGRATION_PLAN={plan_path}\n"
+                "then `migration-assets status`, `verify`, or `dagster dev -w workspace.yaml`.\n"
+                f"stop them with: migration-assets stack down {stack.home}"
+            )
+        return code
+    finally:
+        if not keep:
+            stack.stop()
+
+
+def _print_stack(stack: DevStack, console: Console) -> None:
+    table = Table(title="throwaway stack (passwords masked)")
+    table.add_column("server")
+    table.add_column("connection")
+    for name, url in stack.describe():
+        table.add_row(name, url)
+    console.print(table)
+
+
+def _print_timings(timings: dict[str, float], console: Console) -> None:
+    total = sum(timings.values())
+    parts = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+    console.print(f"demo finished in {total:.1f}s ({parts})")

@@ -1,0 +1,468 @@
+"""Headless runs go through Dagster, not around it.
+
+Every partition the CLI copies is a Dagster run recorded in DAGSTER_HOME, so the UI
+shows exactly what the CLI did and partition status stays the checkpoint. Workers are
+separate processes (copying is CPU-bound in Python); each loads the definitions once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import dagster as dg
+from dagster import DagsterInstance
+from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+from migration_assets.db.copy import LOCK_NAMESPACE
+from migration_assets.db.errors import MigrationError
+from migration_assets.db.session import Connection
+from migration_assets.defs.assets import SCHEMA_KEY, SEQUENCES_KEY
+from migration_assets.defs.build import build_definitions, build_resources
+from migration_assets.defs.resources import SourceDatabase, TargetDatabase
+from migration_assets.plan import MigrationPlan, TablePlan, load_plan
+from migration_assets.settings import Settings
+
+TAG_LAUNCHED_BY = "migration_assets/launched_by"
+TAG_PID = "migration_assets/pid"
+TAG_HOST = "migration_assets/host"
+# The CLI prints its own (PHI-safe) summary; Dagster's console echo would only repeat it.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+warnings.filterwarnings("ignore", module="dagster")
+warnings.filterwarnings("ignore", message=".*is currently in preview.*")
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+
+class Status(StrEnum):
+    MATERIALIZED = "materialized"
+    FAILED = "failed"
+    MISSING = "missing"
+    IN_PROGRESS = "in progress"
+
+
+@dataclass(frozen=True)
+class Task:
+    table: str  # qualified
+    partition: str
+    weight: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task: Task
+    ok: bool
+    rows: int
+    seconds: float
+    message: str = ""
+    run_id: str = ""
+
+
+@dataclass
+class MigrateReport:
+    schema_ok: bool = False
+    schema_message: str = ""
+    outcomes: list[Outcome] = field(default_factory=list)
+    skipped_partitions: int = 0
+    total_partitions: int = 0
+    sequences_ok: bool = False
+    differing_slices: int | None = None  # only for --resync
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> bool:
+        return self.schema_ok and not self.failed and self.sequences_ok
+
+    @property
+    def rows(self) -> int:
+        return sum(o.rows for o in self.outcomes if o.ok)
+
+
+@dataclass
+class Runner:
+    """The plan, its definitions and the instance: what every command works with."""
+
+    settings: Settings
+    plan_path: Path
+    plan: MigrationPlan
+    defs: dg.Definitions
+    instance: DagsterInstance
+
+    @classmethod
+    def open(cls, settings: Settings, plan_path: Path) -> Runner:
+        settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
+        settings.export_environment()
+        os.environ["MIGRATION_PLAN"] = str(plan_path.resolve())
+        assert settings.dagster_home is not None
+        _prepare_dagster_home(settings.dagster_home)
+        plan = load_plan(plan_path)
+        return cls(settings, plan_path, plan, build_definitions(plan), DagsterInstance.get())
+
+    @property
+    def source(self) -> SourceDatabase:
+        """For work outside Dagster runs (locks, comparisons): values from settings."""
+        return SourceDatabase(url=self.settings.source_dsn)
+
+    @property
+    def target(self) -> TargetDatabase:
+        return TargetDatabase(
+            url=self.settings.target_dsn,
+            sslrootcert=self.settings.sslrootcert or "",
+            pooler_url=(
+                self.settings.supabase_pooler_url.get_secret_value()
+                if self.settings.supabase_pooler_url
+                else ""
+            ),
+        )
+
+    # -------------------------------------------------------------- one run
+
+    def materialize(
+        self, selection: dg.AssetSelection, partition_key: str | None = None
+    ) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            list(self.defs.assets or []),  # type: ignore[arg-type]
+            selection=selection,
+            partition_key=partition_key,
+            instance=self.instance,
+            resources=build_resources(),
+            raise_on_error=False,
+            run_config=QUIET,
+            tags={
+                TAG_LAUNCHED_BY: "cli",
+                TAG_PID: str(os.getpid()),
+                TAG_HOST: socket.gethostname(),
+            },
+        )
+
+    def run_partition(self, task: Task) -> Outcome:
+        table = self.plan.table(task.table)
+        started = time.perf_counter()
+        result = self.materialize(dg.AssetSelection.assets(table.asset_path), task.partition)
+        rows = 0
+        for event in result.get_asset_materialization_events():
+            value = event.materialization.metadata.get("rows")
+            rows += int(getattr(value, "value", 0) or 0)
+        message = "" if result.success else _failure_message(result)
+        return Outcome(
+            task, result.success, rows, time.perf_counter() - started, message, result.run_id
+        )
+
+    # -------------------------------------------------------------- statuses
+
+    def statuses(self) -> dict[str, dict[str, Status]]:
+        out: dict[str, dict[str, Status]] = {}
+        for table in self.plan.tables:
+            partitions = dg.StaticPartitionsDefinition(table.partition_keys)
+            raw = (
+                self.instance.get_status_by_partition(
+                    dg.AssetKey(table.asset_path), table.partition_keys, partitions
+                )
+                or {}
+            )
+            out[table.qualified] = {pk: _status(raw.get(pk)) for pk in table.partition_keys}
+        return out
+
+    def stale(self, table: TablePlan) -> set[str]:
+        """Materialized under another plan: the same key no longer means the same rows."""
+        wanted = {pk: table.slice(pk).fingerprint for pk in table.partition_keys}
+        seen: dict[str, str] = {}
+        records = self.instance.fetch_materializations(
+            dg.AssetKey(table.asset_path), limit=max(100, 4 * len(wanted))
+        ).records
+        for record in records:  # newest first
+            mat = record.asset_materialization
+            if mat is None or mat.partition is None or mat.partition in seen:
+                continue
+            value = mat.metadata.get("slice_fingerprint")
+            seen[mat.partition] = str(getattr(value, "value", ""))
+        return {pk for pk, fp in seen.items() if pk in wanted and fp != wanted[pk]}
+
+    def reap_orphans(self) -> int:
+        """CLI runs left STARTED by a killed process are failed, so their slices get redone."""
+        runs = self.instance.get_runs(
+            filters=RunsFilter(
+                statuses=[
+                    DagsterRunStatus.STARTED,
+                    DagsterRunStatus.STARTING,
+                    DagsterRunStatus.NOT_STARTED,
+                ],
+                tags={TAG_LAUNCHED_BY: "cli"},
+            )
+        )
+        reaped = 0
+        for run in runs:
+            host, pid = run.tags.get(TAG_HOST), int(run.tags.get(TAG_PID, "0") or 0)
+            if host == socket.gethostname() and pid and not _alive(pid):
+                self.instance.report_run_failed(
+                    run, "the migrate process died (killed?); its slice was rolled back"
+                )
+                reaped += 1
+        return reaped
+
+    def todo(self, *, force: bool) -> tuple[list[Task], int]:
+        """Partitions to run (largest first, for an even finish) and how many are done."""
+        tasks: list[Task] = []
+        done = 0
+        statuses = self.statuses()
+        for table in self.plan.tables:
+            stale = self.stale(table) if not force else set()
+            weight = max(1, table.row_estimate // max(1, table.slicing.partitions))
+            for pk, status in statuses[table.qualified].items():
+                if force or status is not Status.MATERIALIZED or pk in stale:
+                    tasks.append(Task(table.qualified, pk, weight))
+                else:
+                    done += 1
+        tasks.sort(key=lambda t: -t.weight)
+        return tasks, done
+
+    # -------------------------------------------------------------- comparison
+
+    def differing_slices(self) -> dict[str, list[str]]:
+        """Re-checksum every slice on both sides (one scan per table per side)."""
+        from migration_assets.verify import compare_tables
+
+        return {
+            c.table: list(c.differing_slices) for c in compare_tables(self) if c.differing_slices
+        }
+
+
+def _prepare_dagster_home(home: Path) -> None:
+    """An empty DAGSTER_HOME works as Dagster defaults it (SQLite in that directory), except
+    that we switch usage telemetry off: a tool for patient data does not phone home."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(
+            "# written by migration-assets: Dagster's defaults, telemetry off\n"
+            "telemetry:\n  enabled: false\n"
+        )
+
+
+def _status(raw: Any) -> Status:
+    if raw is None:
+        return Status.MISSING
+    return {
+        "MATERIALIZED": Status.MATERIALIZED,
+        "FAILED": Status.FAILED,
+        "IN_PROGRESS": Status.IN_PROGRESS,
+    }.get(str(getattr(raw, "value", raw)), Status.MISSING)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            data = event.step_failure_data
+            if data.user_failure_data is not None and data.user_failure_data.description:
+                return data.user_failure_data.description.strip()
+            if data.error is not None:
+                return data.error.message.strip().split("\n")[0][:500]
+    return "the run failed (see the Dagster UI for the run's events)"
+
+
+# ------------------------------------------------------------------ locking
+
+
+@contextmanager
+def migration_lock(target: TargetDatabase) -> Iterator[None]:
+    """One migrate per target at a time; a second one is told who holds the lock."""
+    with target.connect(autocommit=True) as conn:
+        conn.execute(
+            "SELECT set_config('application_name', %s, false)",
+            [f"migration_assets migrate pid={os.getpid()} host={socket.gethostname()}"],
+        )
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, 0)", [LOCK_NAMESPACE]).fetchone()
+        if not row or not row[0]:
+            raise MigrationError(
+                "another `migration-assets migrate` is already running against this target "
+                f"({_lock_holder(conn)}); wait for it to finish, or stop it, then run again."
+            )
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, 0)", [LOCK_NAMESPACE])
+
+
+def _lock_holder(conn: Connection) -> str:
+    row = conn.execute(
+        "SELECT a.application_name, a.backend_start FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = 0 AND l.granted",
+        [LOCK_NAMESPACE],
+    ).fetchone()
+    return f"{row[0]}, since {row[1]:%Y-%m-%d %H:%M:%S %Z}" if row else "holder unknown"
+
+
+# ------------------------------------------------------------------ workers
+
+
+ProgressFn = Callable[[Outcome], None]
+
+
+def run_tasks(
+    runner: Runner, tasks: list[Task], workers: int, on_done: ProgressFn
+) -> list[Outcome]:
+    if workers <= 1 or len(tasks) <= 1:
+        outcomes = []
+        for task in tasks:
+            outcome = runner.run_partition(task)
+            on_done(outcome)
+            outcomes.append(outcome)
+        return outcomes
+    return _run_in_processes(runner, tasks, workers, on_done)
+
+
+def _run_in_processes(
+    runner: Runner, tasks: list[Task], workers: int, on_done: ProgressFn
+) -> list[Outcome]:
+    ctx = mp.get_context("spawn")
+    todo: mp.Queue[Task | None] = ctx.Queue()
+    done: mp.Queue[Outcome] = ctx.Queue()
+    for task in tasks:
+        todo.put(task)
+    count = min(workers, len(tasks))
+    for _ in range(count):
+        todo.put(None)
+    env = dict(os.environ)
+    procs = [
+        ctx.Process(target=_worker, args=(str(runner.plan_path), env, todo, done), daemon=True)
+        for _ in range(count)
+    ]
+    for proc in procs:
+        proc.start()
+    outcomes: list[Outcome] = []
+    try:
+        while len(outcomes) < len(tasks):
+            try:
+                outcome = done.get(timeout=1.0)
+            except Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            outcomes.append(outcome)
+            on_done(outcome)
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+    finished = {(o.task.table, o.task.partition) for o in outcomes}
+    for task in tasks:  # a worker that died took its task with it: report, never hide
+        if (task.table, task.partition) not in finished:
+            lost = Outcome(task, False, 0, 0.0, "the worker process died during this slice")
+            outcomes.append(lost)
+            on_done(lost)
+    return outcomes
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a killed migrate (Linux; elsewhere best effort)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any) -> None:
+    _die_with_parent()
+    os.environ.update(env)
+    from migration_assets.settings import load_settings
+
+    runner = Runner.open(load_settings(), Path(plan_path))
+    while (task := todo.get()) is not None:
+        try:
+            outcome = runner.run_partition(task)
+        except Exception as exc:  # never let one slice take the worker down
+            from migration_assets.db.errors import safe_message
+
+            outcome = Outcome(task, False, 0, 0.0, safe_message(exc))
+        done.put(outcome)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def migrate(
+    runner: Runner,
+    *,
+    workers: int = 2,
+    force: bool = False,
+    resync: bool = False,
+    on_start: Callable[[int, int], None] = lambda total, done: None,
+    on_done: ProgressFn = lambda outcome: None,
+) -> MigrateReport:
+    """Schema, then every partition not yet verified, then sequences; all as Dagster runs."""
+    started = time.perf_counter()
+    report = MigrateReport(total_partitions=runner.plan.total_partitions())
+    with migration_lock(runner.target):
+        runner.reap_orphans()
+        schema = runner.materialize(dg.AssetSelection.assets(SCHEMA_KEY))
+        report.schema_ok = schema.success and all(
+            e.passed for e in schema.get_asset_check_evaluations()
+        )
+        if not report.schema_ok:
+            report.schema_message = _schema_failure(schema)
+            report.seconds = time.perf_counter() - started
+            return report
+        tasks, report.skipped_partitions = runner.todo(force=force)
+        if resync and not force:
+            differing = runner.differing_slices()
+            report.differing_slices = sum(len(v) for v in differing.values())
+            queued = {(t.table, t.partition) for t in tasks}
+            for table, pks in differing.items():
+                for pk in pks:
+                    if (table, pk) not in queued:
+                        tasks.append(Task(table, pk))
+                        report.skipped_partitions -= 1
+        on_start(len(tasks), report.skipped_partitions)
+        report.outcomes = run_tasks(runner, tasks, workers, on_done)
+        if not report.failed:
+            sequences = runner.materialize(dg.AssetSelection.assets(SEQUENCES_KEY))
+            report.sequences_ok = sequences.success and all(
+                e.passed for e in sequences.get_asset_check_evaluations()
+            )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _schema_failure(result: dg.ExecuteInProcessResult) -> str:
+    lines = []
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            details = evaluation.metadata.get("details")
+            text = getattr(details, "md_str", None) or getattr(details, "value", "")
+            lines.append(f"{evaluation.check_name} failed:\n{text}")
+    if not result.success and not lines:
+        lines.append(_failure_message(result))
+    return "\n".join(lines)
+
+
+def open_runner(settings: Settings, plan: Path | None) -> Runner:
+    return Runner.open(settings, settings.plan_path(plan))
