@@ -1,0 +1,140 @@
+"""Real servers, started once per test session; each test gets its own databases.
+
+Source, target (TLS only, Supabase-like roles) and pooler come from the devstack. Tests
+that change data get fresh databases from `make_source` / `make_target`, so no test
+sees another's leftovers and no server restarts between tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migration_assets.db.schema import alembic_upgrade
+from migration_assets.devstack.seed import seed
+from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALEMBIC_INI = REPO_ROOT / "alembic.ini"
+SEED_PATIENTS = 300
+_counter = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{next(_counter)}"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[DevStack]:
+    with DevStack() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def seeded_template(stack: DevStack) -> str:
+    """A seeded clinic database to clone: seeding once keeps the suite fast."""
+    name = unique("clinic_template")
+    url = stack.create_source_database(name)
+    alembic_upgrade(url, sslrootcert=None, config_path=ALEMBIC_INI)
+    with psycopg.connect(url) as conn:
+        seed(conn, patients=SEED_PATIENTS, seed=7)
+        conn.commit()
+    return name
+
+
+@dataclass
+class Databases:
+    stack: DevStack
+    template: str
+
+    def source(self, *, seeded: bool = True) -> str:
+        """A fresh source database: a copy of the seeded clinic, or empty."""
+        assert self.stack.source is not None
+        name = unique("src")
+        if seeded:
+            self.stack.source.admin(
+                f'CREATE DATABASE "{name}" TEMPLATE "{self.template}" OWNER {SOURCE_ROLE}'
+            )
+            return self.stack.source_url_for(name)
+        return self.stack.create_source_database(name)
+
+    def target(self) -> str:
+        return self.stack.create_target_database(unique("tgt"))
+
+
+@pytest.fixture(scope="session")
+def databases(stack: DevStack, seeded_template: str) -> Databases:
+    return Databases(stack, seeded_template)
+
+
+@pytest.fixture
+def isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No developer's .env can leak into a test."""
+    monkeypatch.chdir(tmp_path)
+    for name in (
+        "SOURCE_DATABASE_URL",
+        "SUPABASE_DB_URL",
+        "SUPABASE_POOLER_URL",
+        "SUPABASE_SSLROOTCERT",
+        "MIGRATION_SCHEMA_MODE",
+        "MIGRATION_PLAN",
+        "DAGSTER_HOME",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@dataclass
+class Migration:
+    """One source/target pair with its own plan file and empty DAGSTER_HOME."""
+
+    source_url: str
+    target_url: str
+    plan_path: Path
+    dagster_home: Path
+    ca_file: Path
+    pooler_url: str | None = None
+
+    def env(self) -> dict[str, str]:
+        values = {
+            "SOURCE_DATABASE_URL": self.source_url,
+            "SUPABASE_DB_URL": self.target_url,
+            "SUPABASE_SSLROOTCERT": str(self.ca_file),
+            "MIGRATION_PLAN": str(self.plan_path),
+            "DAGSTER_HOME": str(self.dagster_home),
+        }
+        if self.pooler_url:
+            values["SUPABASE_POOLER_URL"] = self.pooler_url
+        return values
+
+
+MigrationFactory = Callable[..., Migration]
+
+
+@pytest.fixture
+def migration(
+    databases: Databases, stack: DevStack, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> MigrationFactory:
+    """Factory: `migration()` gives a seeded source, an empty target, env set."""
+
+    def make(*, source_url: str | None = None, target_url: str | None = None) -> Migration:
+        home = isolated_cwd / unique("dagster_home")
+        home.mkdir()
+        made = Migration(
+            source_url=source_url or databases.source(),
+            target_url=target_url or databases.target(),
+            plan_path=isolated_cwd / "plan.json",
+            dagster_home=home,
+            ca_file=stack.ca_file,
+        )
+        for key, value in made.env().items():
+            monkeypatch.setenv(key, value)
+        return made
+
+    return make

@@ -1,0 +1,90 @@
+"""Test helpers: an independent comparison, CLI runners, small probes."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+SCHEMAS = ("public", "reference")
+PINS = "SET TimeZone TO 'UTC'; SET DateStyle TO 'ISO'; SET extra_float_digits TO 3"
+
+
+def user_tables(url: str, schemas: Iterable[str] = SCHEMAS) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(%s) "
+            "AND tablename <> 'alembic_version' ORDER BY 1, 2",
+            [list(schemas)],
+        ).fetchall()
+    return [(str(a), str(b)) for a, b in rows]
+
+
+def digests(url: str, tables: Sequence[tuple[str, str]]) -> dict[str, tuple[int, str]]:
+    """Not the project's checksum: md5 of every row's full text, sorted, per table."""
+    out: dict[str, tuple[int, str]] = {}
+    with psycopg.connect(url) as conn:
+        conn.execute(PINS)
+        for schema, table in tables:
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY "
+                    "t::text), '')) FROM {} t"
+                ).format(sql.Identifier(schema, table))
+            ).fetchone()
+            assert row is not None
+            out[f"{schema}.{table}"] = (int(row[0]), str(row[1]))
+    return out
+
+
+def assert_equal_databases(
+    source_url: str, target_url: str, schemas: Iterable[str] = SCHEMAS
+) -> dict[str, tuple[int, str]]:
+    tables = user_tables(source_url, schemas)
+    assert tables, "nothing to compare"
+    src, tgt = digests(source_url, tables), digests(target_url, tables)
+    different = {k: (src[k], tgt[k]) for k in src if src[k] != tgt[k]}
+    assert not different, f"tables differ: {different}"
+    return src
+
+
+def row_locations(url: str, table: tuple[str, str]) -> str:
+    """Physical row positions: a DELETE + COPY moves them, a no-op leaves them."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT md5(coalesce(string_agg(ctid::text, ',' ORDER BY ctid), '')) FROM {}"
+            ).format(sql.Identifier(*table))
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def run_cli(args: Sequence[str]) -> tuple[int, str]:
+    """The CLI in this process (for coverage and speed); returns exit code and output."""
+    from migration_assets.cli import main
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer), redirect_stderr(buffer):
+        code = main(list(args))
+    return code, buffer.getvalue()
+
+
+def cli_process(args: Sequence[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """The CLI as its own process group, so a test can SIGKILL all of it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "migration_assets.cli", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )

@@ -1,0 +1,90 @@
+"""Slices, plan sizing, names and error masking: pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from migration_assets.db.errors import VALUE_MASK, mask_values
+from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
+from migration_assets.plan import dagster_name, partitions_for
+
+pytestmark = pytest.mark.unit
+
+
+def _spec(
+    strategy: Strategy, index: int, bounds: tuple[str, ...] = (), parts: int = 4
+) -> SliceSpec:
+    return SliceSpec("public", "t", strategy, ("id",), "bigint", bounds, parts, index)
+
+
+def test_range_slices_are_open_at_both_ends() -> None:
+    bounds = ("10", "20", "30")
+    first = slice_predicate(_spec(Strategy.RANGE, 0, bounds)).as_string()
+    middle = slice_predicate(_spec(Strategy.RANGE, 1, bounds)).as_string()
+    last = slice_predicate(_spec(Strategy.RANGE, 3, bounds)).as_string()
+    assert first == "\"id\" < '10'::bigint"
+    assert middle == "\"id\" >= '10'::bigint AND \"id\" < '20'::bigint"
+    assert last == "\"id\" >= '30'::bigint"
+
+
+def test_hash_and_single_slices() -> None:
+    hashed = slice_predicate(_spec(Strategy.HASH, 2)).as_string()
+    assert 'md5("id"::text)' in hashed
+    assert hashed.endswith("= 2")
+    assert slice_predicate(_spec(Strategy.SINGLE, 0, parts=1)).as_string() == "TRUE"
+
+
+def test_fingerprint_changes_with_the_rows_a_slice_means() -> None:
+    a = _spec(Strategy.RANGE, 1, ("10", "20", "30"))
+    b = _spec(Strategy.RANGE, 1, ("10", "25", "30"))
+    assert a.fingerprint != b.fingerprint
+    assert a.fingerprint == _spec(Strategy.RANGE, 1, ("10", "20", "30")).fingerprint
+
+
+@pytest.mark.parametrize(
+    ("type_", "cast"),
+    [
+        ("bigint", "bigint"),
+        ("uuid", "uuid"),
+        ("numeric(12,2)", "numeric"),
+        ("text", None),
+        ("character varying(20)", None),
+        ("timestamp with time zone", "timestamp with time zone"),
+    ],
+)
+def test_only_collation_free_types_get_range_slices(type_: str, cast: str | None) -> None:
+    assert range_cast_type(type_) == cast
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"), [(0, 1), (9_999, 1), (10_000, 4), (1_000_000, 4), (2_600_000, 11)]
+)
+def test_partition_sizing(rows: int, expected: int) -> None:
+    assert partitions_for(rows, 250_000, 4) == expected
+
+
+def test_dagster_names_are_valid_stable_and_distinct() -> None:
+    assert dagster_name("patients") == "patients"
+    odd = dagster_name("Odd Table")
+    assert odd.startswith("Odd_Table_")
+    assert odd == dagster_name("Odd Table")
+    assert dagster_name("Odd_Table") != odd
+    assert dagster_name("Ärzte").isascii()
+
+
+@pytest.mark.parametrize(
+    ("raw", "leak"),
+    [
+        (
+            'duplicate key value violates unique constraint "patients_mrn_key" '
+            "Key (mrn)=(MRN-0042) already exists.",
+            "MRN-0042",
+        ),
+        ('invalid input syntax for type uuid: "Zoë Müller"', "Zoë Müller"),
+        ("invalid input syntax for type integer: abc123", "abc123"),
+    ],
+)
+def test_row_values_are_masked_in_error_text(raw: str, leak: str) -> None:
+    masked = mask_values(raw)
+    assert leak not in masked
+    assert VALUE_MASK in masked

@@ -1,0 +1,322 @@
+"""The migration against real servers: copy, verify, resume, resync, other schemas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from migration_assets.devstack.stack import DevStack
+from migration_assets.plan import load_plan
+from migration_assets_tests.conftest import Databases, Migration, MigrationFactory
+from migration_assets_tests.helpers import (
+    assert_equal_databases,
+    cli_process,
+    row_locations,
+    run_cli,
+)
+
+pytestmark = pytest.mark.integration
+
+PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
+
+
+def _plan(m: Migration, *extra: str) -> None:
+    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS, *extra])
+    assert code == 0, output
+
+
+def _migrate(*extra: str) -> tuple[int, str]:
+    return run_cli(["migrate", "--workers", "1", *extra])
+
+
+def test_migrate_copies_everything_verified(migration: MigrationFactory) -> None:
+    m = migration()
+    _plan(m)
+    plan = load_plan(m.plan_path)
+    assert plan.total_partitions() > len(plan.tables), "the test needs several slices per table"
+    code, output = _migrate()
+    assert code == 0, output
+    assert "every partition verified" in output
+    digests = assert_equal_databases(m.source_url, m.target_url)
+    assert digests["public.patients"][0] > 0
+    with psycopg.connect(m.target_url) as conn:
+        assert conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
+        rls = conn.execute(
+            "SELECT count(*) FILTER (WHERE NOT relrowsecurity) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> 'alembic_version'"
+        ).fetchone()
+        anon = conn.execute(
+            "SELECT count(*) FROM information_schema.role_table_grants "
+            "WHERE grantee IN ('anon', 'authenticated') AND table_schema = 'public' "
+            "AND table_name <> 'alembic_version'"
+        ).fetchone()
+    assert rls == (0,), "every public table must have RLS on after the schema step"
+    assert anon == (0,), "anon/authenticated must hold no grants on migrated tables"
+    code, output = run_cli(["status"])
+    assert code == 0, output
+    assert "0" in output
+
+
+def test_second_migrate_changes_nothing_and_force_recopies(migration: MigrationFactory) -> None:
+    m = migration()
+    _plan(m)
+    assert _migrate()[0] == 0
+    table = ("public", "observations")
+    before = row_locations(m.target_url, table)
+    code, output = _migrate()
+    assert code == 0, output
+    assert "0 partition(s) copied" in output
+    assert row_locations(m.target_url, table) == before, "a no-op migrate rewrote rows"
+    code, output = _migrate("--force")
+    assert code == 0, output
+    assert row_locations(m.target_url, table) != before, "--force must re-copy"
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_a_slice_that_fails_verification_is_failed_and_redone(
+    migration: MigrationFactory,
+) -> None:
+    m = migration()
+    _plan(m)
+    assert _migrate()[0] == 0
+    with psycopg.connect(m.target_url, autocommit=True) as conn:
+        # An ALWAYS trigger fires even in replica mode: it corrupts what we copy.
+        conn.execute(
+            "CREATE FUNCTION corrupt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "NEW.unit := coalesce(NEW.unit, '') || '!'; RETURN NEW; END $$;"
+            "CREATE TRIGGER corrupt BEFORE INSERT ON observations "
+            "FOR EACH ROW EXECUTE FUNCTION corrupt();"
+            "ALTER TABLE observations ENABLE ALWAYS TRIGGER corrupt;"
+        )
+    before = row_locations(m.target_url, ("public", "observations"))
+    code, output = _migrate("--force")
+    assert code == 1, output
+    assert "did not verify" in output, output
+    assert "FAILED" in output
+    assert row_locations(m.target_url, ("public", "observations")) == before, "not rolled back"
+    plan = load_plan(m.plan_path)
+    observations = plan.table("public.observations")
+    code, _status = run_cli(["status"])
+    assert code == 1
+    with psycopg.connect(m.target_url, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER corrupt ON observations")
+    code, output = _migrate()
+    assert code == 0, output
+    assert f"{observations.slicing.partitions} partition(s) copied" in output
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_resync_recopies_only_the_slices_that_changed(migration: MigrationFactory) -> None:
+    m = migration()
+    _plan(m)
+    assert _migrate()[0] == 0
+    with psycopg.connect(m.source_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE observations SET value_text = 'amended' "
+            "WHERE id = (SELECT min(id) FROM observations)"
+        )
+        conn.execute(
+            "DELETE FROM prescriptions WHERE (encounter_id, line_no) = "
+            "(SELECT encounter_id, line_no FROM prescriptions ORDER BY 1, 2 LIMIT 1)"
+        )
+        conn.execute(
+            "INSERT INTO providers (id, npi, full_name, specialty, created_at, updated_at) "
+            "VALUES (999999, '9999999999', 'New Provider', 'Cardiology', now(), now())"
+        )
+    code, output = _migrate("--resync")
+    assert code == 0, output
+    assert "resync: 3 of" in output, output
+    assert "re-copied 3" in output
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_sigkill_mid_run_then_resume_redoes_only_unverified(
+    migration: MigrationFactory, isolated_cwd: Path
+) -> None:
+    m = migration()
+    _plan(m, "--rows-per-partition", "150", "--min-partitions", "6")
+    plan = load_plan(m.plan_path)
+    total = plan.total_partitions()
+    proc = cli_process(["migrate", "--workers", "1"], m.env(), isolated_cwd)
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = _materialized(instance, plan)
+        if done >= 4:
+            break
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    verified_before = _materialized(instance, plan)
+    assert 4 <= verified_before < total, "the kill must land mid-run"
+    code, output = _migrate()
+    assert code == 0, output
+    assert f"{total - verified_before} partition(s) copied" in output
+    assert f"{verified_before} already verified" in output
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def _materialized(instance: dg.DagsterInstance, plan: object) -> int:
+    from migration_assets.plan import MigrationPlan
+
+    assert isinstance(plan, MigrationPlan)
+    count = 0
+    for table in plan.tables:
+        statuses = (
+            instance.get_status_by_partition(
+                dg.AssetKey(table.asset_path),
+                table.partition_keys,
+                dg.StaticPartitionsDefinition(table.partition_keys),
+            )
+            or {}
+        )
+        count += sum(1 for s in statuses.values() if s is not None and s.value == "MATERIALIZED")
+    return count
+
+
+FOREIGN_SCHEMA = """
+CREATE SCHEMA "Billing";
+CREATE TYPE "Billing"."Status" AS ENUM ('open', 'paid', 'void');
+CREATE TABLE "Billing"."Invoice Lines" (
+    "Id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    "select" text NOT NULL,
+    "Amount" numeric(12, 2),
+    status "Billing"."Status",
+    "from" timestamptz,
+    tags text[],
+    blob bytea,
+    doc jsonb,
+    ratio double precision,
+    total numeric GENERATED ALWAYS AS ("Amount" * 2) STORED
+);
+CREATE TABLE "Billing".events (happened date, what text);
+CREATE TABLE "Billing".empty_one (k uuid PRIMARY KEY);
+"""
+
+FOREIGN_ROWS = """
+INSERT INTO "Billing"."Invoice Lines" ("select", "Amount", status, "from", tags, blob, doc, ratio)
+SELECT 'line ' || i || ' «ünïcode» "quoted"', i * 1.25,
+       (ARRAY['open', 'paid', 'void'])[1 + i % 3]::"Billing"."Status",
+       timestamptz '2020-02-29 12:00+05' + i * interval '1 hour',
+       CASE WHEN i % 5 = 0 THEN NULL ELSE ARRAY['a,b', 'c"d', NULL] END,
+       CASE WHEN i % 4 = 0 THEN NULL ELSE decode(md5(i::text), 'hex') END,
+       jsonb_build_object('i', i, 'nested', jsonb_build_array(1, 'x', NULL)),
+       CASE i % 7 WHEN 0 THEN 'NaN'::float8 WHEN 1 THEN '-Infinity' ELSE i / 3.0 END
+FROM generate_series(1, 1500) i;
+INSERT INTO "Billing".events SELECT date '1999-12-31' + i, CASE WHEN i % 2 = 0 THEN 'x' END
+FROM generate_series(1, 700) i;
+INSERT INTO "Billing".events SELECT date '2000-01-01', 'dup' FROM generate_series(1, 5);
+"""
+
+
+def test_existing_schema_mode_migrates_a_database_alembic_never_saw(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = databases.source(seeded=False)
+    target = databases.target()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(FOREIGN_SCHEMA)
+        conn.execute(FOREIGN_ROWS)
+        conn.execute("ANALYZE")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(FOREIGN_SCHEMA)
+    m = migration(source_url=source, target_url=target)
+    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "existing")
+    _plan(m)
+    plan = load_plan(m.plan_path)
+    names = {t.qualified: t for t in plan.tables}
+    assert set(names) == {"Billing.Invoice Lines", "Billing.events", "Billing.empty_one"}
+    assert names["Billing.events"].key == [], "a table without a key is planned, not skipped"
+    code, output = _migrate()
+    assert code == 0, output
+    assert_equal_databases(source, target, schemas=["Billing"])
+
+
+def test_pg_dump_schema_mode(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = databases.source(seeded=False)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(FOREIGN_SCHEMA)
+        conn.execute(FOREIGN_ROWS)
+    m = migration(source_url=source)
+    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "pg_dump")
+    _plan(m)
+    code, output = _migrate()
+    assert code == 0, output
+    assert_equal_databases(source, m.target_url, schemas=["Billing"])
+
+
+def test_plan_leaves_supabase_schemas_alone(migration: MigrationFactory) -> None:
+    m = migration()
+    with psycopg.connect(m.source_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA auth; CREATE TABLE auth.users (id int PRIMARY KEY)")
+        conn.execute("CREATE SCHEMA storage; CREATE TABLE storage.objects (id int)")
+        conn.execute("CREATE MATERIALIZED VIEW patient_count AS SELECT count(*) FROM patients")
+    _plan(m)
+    data = json.loads(m.plan_path.read_text())
+    schemas = {t["schema"] for t in data["tables"]}
+    assert schemas == {"public", "reference"}
+    assert "public.patient_count" in data["skipped"]
+    assert "public.alembic_version" in data["skipped"]
+
+
+def test_definitions_load_from_the_plan_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    committed = Path(__file__).resolve().parents[1] / "migration_assets" / "plans" / "demo.json"
+    for name in ("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MIGRATION_PLAN", str(committed))
+    import migration_assets.definitions as module
+
+    defs = importlib.reload(module).defs
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {
+        "supabase_schema",
+        "supabase_sequences",
+        "public/patients",
+        "reference/code_aliases",
+    } <= keys
+
+
+def test_cross_version_copy_uses_text_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = Path("/usr/lib/postgresql/15/bin")
+    if not (other / "postgres").exists():
+        if os.environ.get("MIGRATION_ASSETS_CI"):
+            pytest.fail("CI must provide PostgreSQL 15 (apt-get install postgresql-15)")
+        pytest.skip("PostgreSQL 15 is not installed here")
+    from migration_assets.demo import prepare_source
+
+    monkeypatch.chdir(tmp_path)
+    with DevStack(target_bin=other) as stack:
+        assert stack.target is not None
+        assert stack.target.version == 15
+        prepare_source(stack, patients=60, seed=5)
+        for key, value in stack.env().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("MIGRATION_PLAN", str(tmp_path / "plan.json"))
+        code, output = run_cli(["plan", "--out", str(tmp_path / "plan.json")])
+        assert code == 0, output
+        code, output = _migrate()
+        assert code == 0, output
+        assert_equal_databases(stack.source_url, stack.target_url)
+        instance = dg.DagsterInstance.get()
+        event = instance.get_latest_materialization_event(dg.AssetKey(["public", "patients"]))
+        assert event is not None
+        assert event.asset_materialization is not None
+        fmt = event.asset_materialization.metadata["copy_format"]
+        assert getattr(fmt, "value", fmt) == "text"
