@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dagster as dg
 import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,7 +38,6 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 if TYPE_CHECKING:
     from migration_assets.plan import MigrationPlan
     from migration_assets.runner import MigrateReport, Runner
-    from migration_assets.verify import TableComparison
 
 EXIT_OK, EXIT_UNVERIFIED, EXIT_CONFIG = 0, 1, 2
 
@@ -91,9 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="partitions materialized / failed / missing")
     _plan_option(status)
 
-    verify = sub.add_parser("verify", help="compare every table on both sides")
+    verify = sub.add_parser("verify", help="run every check; exit 1 if an ERROR check fails")
     _plan_option(verify)
     verify.add_argument("--tables", nargs="+", help="only these tables (schema.table)")
+
+    report = sub.add_parser("report", help="write or check the audit report")
+    _plan_option(report)
+    what = report.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", type=Path, help="write the next report of the chain into DIR")
+    what.add_argument("--check", type=Path, help="verify the digest chain of the reports in DIR")
     return parser
 
 
@@ -271,30 +277,91 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from migration_assets.runner import open_runner
-    from migration_assets.verify import compare_tables
 
     runner = open_runner(load_settings(args.env_file), args.plan)
     tables = [runner.plan.table(name) for name in args.tables] if args.tables else None
-    results = compare_tables(runner, tables)
-    return _print_comparison(results)
+    return print_checks(runner.run_checks(tables))
 
 
-def _print_comparison(results: Sequence[TableComparison]) -> int:
-    table = Table(title="source vs target")
-    for column in ("table", "source rows", "target rows", "checksums", "differing slices"):
+def print_checks(result: dg.ExecuteInProcessResult) -> int:
+    """One row per check; exit 1 when an ERROR check failed or a check could not run."""
+    from migration_assets.runner import _failure_message
+
+    table = Table(title="checks (source vs target, target posture)")
+    for column in ("asset", "check", "result", "detail"):
         table.add_column(column, overflow="fold")
-    bad = 0
-    for r in results:
-        bad += not r.equal
+    failed = 0
+    evaluations = sorted(
+        result.get_asset_check_evaluations(),
+        key=lambda e: (e.asset_key.to_user_string(), e.check_name),
+    )
+    for e in evaluations:
+        error = e.severity == dg.AssetCheckSeverity.ERROR
+        failed += int(not e.passed and error)
+        mark = "[green]pass[/]" if e.passed else ("[red]FAIL[/]" if error else "[yellow]warn[/]")
         table.add_row(
-            r.table,
-            f"{r.source.rows:,}",
-            f"{r.target.rows:,}",
-            "[green]equal[/]" if r.equal else "[red]DIFFER[/]",
-            ", ".join(r.differing_slices) or "-",
+            e.asset_key.to_user_string(),
+            e.check_name,
+            mark,
+            _detail(e.check_name, dict(e.metadata)),
         )
     out.print(table)
-    return EXIT_OK if bad == 0 else EXIT_UNVERIFIED
+    if not result.success:
+        out.print(f"[red]a check could not run:[/] {_failure_message(result)}", soft_wrap=True)
+        return EXIT_UNVERIFIED
+    out.print(f"{len(evaluations) - failed} of {len(evaluations)} checks passed")
+    return EXIT_OK if failed == 0 else EXIT_UNVERIFIED
+
+
+def _value(metadata: dict[str, object], key: str) -> str:
+    raw = metadata.get(key)
+    return str(getattr(raw, "value", raw)) if raw is not None else ""
+
+
+def _detail(name: str, metadata: dict[str, object]) -> str:
+    if "source_rows" in metadata:
+        return f"source {_value(metadata, 'source_rows')}, target {_value(metadata, 'target_rows')}"
+    if name == "table_checksum" and "differing_rows" in metadata:
+        keys = _value(metadata, "keys").replace("\n", "; ").replace("- ", "")
+        return (
+            f"slices {_value(metadata, 'differing_slices')}; "
+            f"{_value(metadata, 'differing_rows')} row(s): {keys}"
+        )
+    for key in ("details", "orphans", "behind", "grants", "problems"):
+        if key in metadata and _value(metadata, key) not in ("none", ""):
+            return _value(metadata, key).replace("\n", "; ").replace("- ", "")
+    if "protocol" in metadata:
+        return f"{_value(metadata, 'protocol')} {_value(metadata, 'cipher')}"
+    return ""
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from migration_assets.report import check_chain
+
+    if args.check is not None:
+        problems = check_chain(args.check)
+        for problem in problems:
+            out.print(f"[red]TAMPERED or BROKEN:[/] {problem}", soft_wrap=True)
+        if not problems:
+            out.print(f"[green]report chain in {args.check} is intact[/]")
+        return EXIT_OK if not problems else EXIT_UNVERIFIED
+    from migration_assets.runner import _failure_message, open_runner
+
+    runner = open_runner(load_settings(args.env_file), args.plan)
+    result = runner.write_report(args.out)
+    if not result.success:
+        out.print(f"[red]report failed:[/] {_failure_message(result)}", soft_wrap=True)
+        return EXIT_UNVERIFIED
+    event = result.get_asset_materialization_events()[0].materialization
+    meta = {k: _value(dict(event.metadata), k) for k in ("json", "markdown", "digest", "complete")}
+    out.print(f"report written: {meta['json']} and {meta['markdown']}\ndigest {meta['digest']}")
+    complete = meta["complete"] == "True"
+    out.print(
+        "[green]verdict: COMPLETE[/]"
+        if complete
+        else "[red]verdict: INCOMPLETE[/] (see the report's problems)"
+    )
+    return EXIT_OK if complete else EXIT_UNVERIFIED
 
 
 # ---------------------------------------------------------------- demo
@@ -326,6 +393,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "status": cmd_status,
     "verify": cmd_verify,
+    "report": cmd_report,
 }
 
 

@@ -52,9 +52,8 @@ def run_demo(
     console: Console,
     migrate_step: Callable[..., int] | None = None,
 ) -> int:
-    from migration_assets.cli import _migrate_with_progress, _print_comparison, _print_migrate
+    from migration_assets.cli import _migrate_with_progress, _print_migrate, print_checks
     from migration_assets.runner import Runner
-    from migration_assets.verify import compare_tables
 
     timings: dict[str, float] = {}
     stack = DevStack(keep_root=keep)
@@ -78,8 +77,13 @@ def run_demo(
             report = _migrate_with_progress(runner, workers=workers, force=False, resync=False)
         code = _print_migrate(report)
         with _phase(timings, "verify", console):
-            results = compare_tables(runner)
-        code = max(code, _print_comparison(results))
+            checks = runner.run_checks()
+        code = max(code, print_checks(checks))
+        with _phase(timings, "audit report", console):
+            audit = runner.write_report(stack.home / "audit")
+        if audit.success:
+            event = audit.get_asset_materialization_events()[0].materialization
+            console.print(f"  audit report: {getattr(event.metadata['markdown'], 'value', '')}")
         _print_timings(timings, console)
         if keep:
             env_file = stack.write_env_file()

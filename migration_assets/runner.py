@@ -29,8 +29,14 @@ from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 from migration_assets.db.copy import LOCK_NAMESPACE
 from migration_assets.db.errors import MigrationError
 from migration_assets.db.session import Connection
-from migration_assets.defs.assets import SCHEMA_KEY, SEQUENCES_KEY
+from migration_assets.defs.assets import (
+    SCHEMA_KEY,
+    SEQUENCES_KEY,
+    SLICE_CHECKSUM,
+    SLICE_ROW_COUNT,
+)
 from migration_assets.defs.build import build_definitions, build_resources
+from migration_assets.defs.history import latest_materializations
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import MigrationPlan, TablePlan, load_plan
 from migration_assets.settings import Settings
@@ -134,16 +140,19 @@ class Runner:
     # -------------------------------------------------------------- one run
 
     def materialize(
-        self, selection: dg.AssetSelection, partition_key: str | None = None
+        self,
+        selection: dg.AssetSelection,
+        partition_key: str | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            list(self.defs.assets or []),  # type: ignore[arg-type]
+            [*(self.defs.assets or []), *(self.defs.asset_checks or [])],  # type: ignore[list-item]
             selection=selection,
             partition_key=partition_key,
             instance=self.instance,
             resources=build_resources(),
             raise_on_error=False,
-            run_config=QUIET,
+            run_config={**QUIET, **(run_config or {})},
             tags={
                 TAG_LAUNCHED_BY: "cli",
                 TAG_PID: str(os.getpid()),
@@ -154,7 +163,7 @@ class Runner:
     def run_partition(self, task: Task) -> Outcome:
         table = self.plan.table(task.table)
         started = time.perf_counter()
-        result = self.materialize(dg.AssetSelection.assets(table.asset_path), task.partition)
+        result = self.materialize(partition_selection(table), task.partition)
         rows = 0
         for event in result.get_asset_materialization_events():
             value = event.materialization.metadata.get("rows")
@@ -163,6 +172,23 @@ class Runner:
         return Outcome(
             task, result.success, rows, time.perf_counter() - started, message, result.run_id
         )
+
+    def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
+        """Every separately executable check (or those of `tables`), in one recorded run."""
+        chosen = {tuple(t.asset_path) for t in tables} if tables is not None else None
+        keys = [
+            key
+            for checks in self.defs.asset_checks or []
+            for key in checks.check_keys
+            if chosen is None or tuple(key.asset_key.path) in chosen
+        ]
+        return self.materialize(dg.AssetSelection.checks(*keys))
+
+    def write_report(self, out_dir: Path) -> dg.ExecuteInProcessResult:
+        from migration_assets.defs.report import REPORT_KEY
+
+        config = {"ops": {"migration_audit_report": {"config": {"out_dir": str(out_dir)}}}}
+        return self.materialize(dg.AssetSelection.assets(REPORT_KEY), run_config=config)
 
     # -------------------------------------------------------------- statuses
 
@@ -181,18 +207,14 @@ class Runner:
 
     def stale(self, table: TablePlan) -> set[str]:
         """Materialized under another plan: the same key no longer means the same rows."""
-        wanted = {pk: table.slice(pk).fingerprint for pk in table.partition_keys}
-        seen: dict[str, str] = {}
-        records = self.instance.fetch_materializations(
-            dg.AssetKey(table.asset_path), limit=max(100, 4 * len(wanted))
-        ).records
-        for record in records:  # newest first
-            mat = record.asset_materialization
-            if mat is None or mat.partition is None or mat.partition in seen:
-                continue
-            value = mat.metadata.get("slice_fingerprint")
-            seen[mat.partition] = str(getattr(value, "value", ""))
-        return {pk for pk, fp in seen.items() if pk in wanted and fp != wanted[pk]}
+        latest = latest_materializations(self.instance, table)
+        stale = set()
+        for pk, record in latest.items():
+            assert record.asset_materialization is not None
+            value = record.asset_materialization.metadata.get("slice_fingerprint")
+            if str(getattr(value, "value", "")) != table.slice(pk).fingerprint:
+                stale.add(pk)
+        return stale
 
     def reap_orphans(self) -> int:
         """CLI runs left STARTED by a killed process are failed, so their slices get redone."""
@@ -253,6 +275,23 @@ def _prepare_dagster_home(home: Path) -> None:
             "# written by migration-assets: Dagster's defaults, telemetry off\n"
             "telemetry:\n  enabled: false\n"
         )
+
+
+def partition_selection(table: TablePlan) -> dg.AssetSelection:
+    """The table's asset and its per-slice checks, not the whole-table checks."""
+    key = dg.AssetKey(table.asset_path)
+    return dg.AssetSelection.assets(key).without_checks() | dg.AssetSelection.checks(
+        dg.AssetCheckKey(key, SLICE_ROW_COUNT), dg.AssetCheckKey(key, SLICE_CHECKSUM)
+    )
+
+
+def blocking_failures(result: dg.ExecuteInProcessResult) -> list[Any]:
+    """Check evaluations that failed with ERROR severity (WARN is advisory)."""
+    return [
+        e
+        for e in result.get_asset_check_evaluations()
+        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
 
 
 def _status(raw: Any) -> Status:
@@ -424,9 +463,7 @@ def migrate(
     with migration_lock(runner.target):
         runner.reap_orphans()
         schema = runner.materialize(dg.AssetSelection.assets(SCHEMA_KEY))
-        report.schema_ok = schema.success and all(
-            e.passed for e in schema.get_asset_check_evaluations()
-        )
+        report.schema_ok = schema.success and not blocking_failures(schema)
         if not report.schema_ok:
             report.schema_message = _schema_failure(schema)
             report.seconds = time.perf_counter() - started
@@ -445,9 +482,7 @@ def migrate(
         report.outcomes = run_tasks(runner, tasks, workers, on_done)
         if not report.failed:
             sequences = runner.materialize(dg.AssetSelection.assets(SEQUENCES_KEY))
-            report.sequences_ok = sequences.success and all(
-                e.passed for e in sequences.get_asset_check_evaluations()
-            )
+            report.sequences_ok = sequences.success and not blocking_failures(sequences)
     report.seconds = time.perf_counter() - started
     return report
 

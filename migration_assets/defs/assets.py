@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 import psycopg
-from dagster import AssetExecutionContext
+from dagster import AssetCheckExecutionContext, AssetExecutionContext
 
 from migration_assets.db.catalog import read_catalog
 from migration_assets.db.copy import CopyTarget, SliceMismatchError, SliceResult, copy_slice
@@ -85,32 +85,18 @@ def build_schema_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         kinds=KINDS,
         description=(
             "The target's schema, applied per MIGRATION_SCHEMA_MODE (alembic upgrade head by "
-            "default) over the direct connection, compared with the source, and locked down "
-            "for the Data API (RLS on, no anon/authenticated grants)."
+            "default) over the direct connection, then locked down for the Data API (RLS on, "
+            "no anon/authenticated grants). Its blocking checks compare it with the source."
         ),
-        check_specs=[
-            dg.AssetCheckSpec(
-                SCHEMA_MATCHES_SOURCE,
-                asset=SCHEMA_KEY,
-                blocking=True,
-                description="Tables, columns and types, keys, indexes and enum labels equal.",
-            ),
-            dg.AssetCheckSpec(
-                PLAN_MATCHES_SOURCE,
-                asset=SCHEMA_KEY,
-                blocking=True,
-                description="The source still has exactly the tables and columns planned.",
-            ),
-        ],
     )
     def supabase_schema(
         context: AssetExecutionContext,
         source: SourceDatabase,
         target: TargetDatabase,
         options: MigrationOptions,
-    ) -> Iterator[Any]:
+    ) -> dg.MaterializeResult[None]:
         try:
-            yield from _schema_step(context, plan, source, target, options)
+            return _schema_step(context, plan, source, target, options)
         except psycopg.Error as exc:
             raise dg.Failure(description=f"schema step failed: {safe_message(exc)}") from None
         except MigrationError as exc:
@@ -130,9 +116,10 @@ def _apply_schema(
         return "alembic upgrade head"
     if mode is SchemaMode.PG_DUMP:
         with target.connect() as conn:
-            if conn.execute(
+            row = conn.execute(
                 "SELECT count(*) FROM pg_tables WHERE schemaname = ANY(%s)", [plan.schemas]
-            ).fetchone() not in (None, (0,)):
+            ).fetchone()
+            if row and row[0]:
                 return "pg_dump skipped: the target already has tables in the plan's schemas"
             version = server_major(conn)
         pg_dump_schema(
@@ -153,29 +140,11 @@ def _schema_step(
     source: SourceDatabase,
     target: TargetDatabase,
     options: MigrationOptions,
-) -> Iterator[Any]:
+) -> dg.MaterializeResult[None]:
     how = _apply_schema(plan, source, target, options)
-    tables = [t.qualified for t in plan.tables]
+    hardened: list[str] = []
     with source.connect() as src, target.connect() as tgt:
-        src_catalog = read_catalog(src)
-        tgt_catalog = read_catalog(tgt)
-        differences = compare_catalogs(src_catalog, tgt_catalog, tables, plan.enums)
         revisions = (alembic_revision(src), alembic_revision(tgt))
-        if revisions[0] != revisions[1]:
-            differences.append(
-                Difference(
-                    "alembic_version",
-                    f"source at {revisions[0]}, target at "
-                    f"{revisions[1]}: bring both to the same revision",
-                )
-            )
-        drift = plan_drift(
-            {t.qualified: [(c.name, c.type) for c in t.columns] for t in plan.tables},
-            src_catalog,
-            plan.schemas,
-            ignore=plan.skipped,
-        )
-        hardened: list[str] = []
         if SchemaMode(options.schema_mode) is not SchemaMode.EXISTING and plan.security.harden:
             hardened = harden(
                 tgt,
@@ -184,35 +153,92 @@ def _schema_step(
                 api_roles=plan.security.api_roles,
             )
             tgt.commit()
-    context.log.info(f"schema: {how}; {len(differences)} difference(s); {len(drift)} drift")
-    yield dg.MaterializeResult(
+    context.log.info(f"schema: {how}; {len(hardened)} hardening step(s)")
+    return dg.MaterializeResult(
         metadata={
             "how": how,
             "source_revision": revisions[0] or "none",
             "target_revision": revisions[1] or "none",
-            "differences": len(differences),
             "hardening": dg.MetadataValue.md("\n".join(f"- {h}" for h in hardened) or "none"),
         }
     )
-    yield dg.AssetCheckResult(
-        check_name=SCHEMA_MATCHES_SOURCE,
-        passed=not differences,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "differences": len(differences),
-            "details": dg.MetadataValue.md(_differences_md(differences)),
-        },
+
+
+def schema_differences(
+    plan: MigrationPlan, source: SourceDatabase, target: TargetDatabase
+) -> tuple[list[Difference], list[Difference]]:
+    """(target vs source schema, source vs plan): what the blocking checks report."""
+    with source.connect() as src, target.connect() as tgt:
+        src_catalog, tgt_catalog = read_catalog(src), read_catalog(tgt)
+        differences = compare_catalogs(
+            src_catalog, tgt_catalog, [t.qualified for t in plan.tables], plan.enums
+        )
+        revisions = (alembic_revision(src), alembic_revision(tgt))
+    if revisions[0] != revisions[1]:
+        differences.append(
+            Difference(
+                "alembic_version",
+                f"source at {revisions[0]}, target at {revisions[1]}: bring both to the same "
+                "revision",
+            )
+        )
+    drift = plan_drift(
+        {t.qualified: [(c.name, c.type) for c in t.columns] for t in plan.tables},
+        src_catalog,
+        plan.schemas,
+        ignore=plan.skipped,
     )
-    yield dg.AssetCheckResult(
-        check_name=PLAN_MATCHES_SOURCE,
-        passed=not drift,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "differences": len(drift),
-            "details": dg.MetadataValue.md(_differences_md(drift)),
-            "fix": "review the changes, then write a new plan with `migration-assets plan`",
-        },
+    return differences, drift
+
+
+def build_schema_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
+    @dg.multi_asset_check(
+        specs=[
+            dg.AssetCheckSpec(
+                SCHEMA_MATCHES_SOURCE,
+                asset=SCHEMA_KEY,
+                blocking=True,
+                description="Tables, columns and types, keys, indexes and enum labels equal.",
+            ),
+            dg.AssetCheckSpec(
+                PLAN_MATCHES_SOURCE,
+                asset=SCHEMA_KEY,
+                blocking=True,
+                description="The source still has exactly the tables and columns planned.",
+            ),
+        ],
+        can_subset=True,
+        name="supabase_schema__checks",
     )
+    def schema_checks(
+        context: AssetCheckExecutionContext, source: SourceDatabase, target: TargetDatabase
+    ) -> Iterator[dg.AssetCheckResult]:
+        selected = {k.name for k in context.selected_asset_check_keys}
+        try:
+            differences, drift = schema_differences(plan, source, target)
+        except psycopg.Error as exc:
+            raise dg.Failure(description=f"schema check: {safe_message(exc)}") from None
+        if SCHEMA_MATCHES_SOURCE in selected:
+            yield dg.AssetCheckResult(
+                check_name=SCHEMA_MATCHES_SOURCE,
+                passed=not differences,
+                metadata={
+                    "differences": len(differences),
+                    "details": dg.MetadataValue.md(_differences_md(differences)),
+                },
+            )
+        if PLAN_MATCHES_SOURCE in selected:
+            yield dg.AssetCheckResult(
+                check_name=PLAN_MATCHES_SOURCE,
+                passed=not drift,
+                metadata={
+                    "differences": len(drift),
+                    "details": dg.MetadataValue.md(_differences_md(drift)),
+                    "fix": "review the changes, then write a new plan with `migration-assets plan`",
+                },
+            )
+
+    return [schema_checks]
 
 
 # ---------------------------------------------------------------- tables
@@ -350,9 +376,7 @@ def _slice_checks(result: SliceResult) -> Iterator[dg.AssetCheckResult]:
 
 
 def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
-    names = [s.qualified for s in plan.sequences]
     every = [(s.qualified, s.table, s.column) for s in plan.sequences]
-    owned = [(s.qualified, s.table, s.column) for s in plan.sequences if s.table and s.column]
 
     @dg.asset(
         key=SEQUENCES_KEY,
@@ -360,26 +384,21 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         group_name="sequences",
         kinds=KINDS,
         description=(
-            f"Sets {len(names)} target sequence(s) to the source's values after the data is "
-            "in, so the application's next INSERT does not collide with a migrated key."
+            f"Sets {len(every)} target sequence(s) to the source's values after the data is "
+            "in (never at or below a column's max), so the application's next INSERT does not "
+            "collide with a migrated key."
         ),
-        check_specs=[
-            dg.AssetCheckSpec(
-                SEQUENCES_AHEAD,
-                asset=SEQUENCES_KEY,
-                description="Every sequence's next value is above its column's largest value.",
-            )
-        ],
     )
-    def supabase_sequences(source: SourceDatabase, target: TargetDatabase) -> Iterator[Any]:
+    def supabase_sequences(
+        source: SourceDatabase, target: TargetDatabase
+    ) -> dg.MaterializeResult[None]:
         try:
             with source.connect() as src, target.connect() as tgt:
                 written, advanced = sync_sequences(src, tgt, every)
                 tgt.commit()
-                lagging = lagging_sequences(tgt, [(s, t, c) for s, t, c in owned if t and c])
         except psycopg.Error as exc:
             raise dg.Failure(description=f"sequences: {safe_message(exc)}") from None
-        yield dg.MaterializeResult(
+        return dg.MaterializeResult(
             metadata={
                 "sequences_set": written,
                 "advanced_past_source": dg.MetadataValue.md(
@@ -387,8 +406,25 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
                 ),
             }
         )
-        yield dg.AssetCheckResult(
-            check_name=SEQUENCES_AHEAD,
+
+    return supabase_sequences
+
+
+def build_sequences_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
+    owned = [(s.qualified, s.table, s.column) for s in plan.sequences if s.table and s.column]
+
+    @dg.asset_check(
+        asset=SEQUENCES_KEY,
+        name=SEQUENCES_AHEAD,
+        description="Every sequence's next value is above its column's largest value.",
+    )
+    def sequences_ahead(target: TargetDatabase) -> dg.AssetCheckResult:
+        try:
+            with target.connect() as tgt:
+                lagging = lagging_sequences(tgt, [(s, t, c) for s, t, c in owned if t and c])
+        except psycopg.Error as exc:
+            raise dg.Failure(description=f"sequences check: {safe_message(exc)}") from None
+        return dg.AssetCheckResult(
             passed=not lagging,
             metadata={
                 "checked": len(owned),
@@ -396,4 +432,4 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
             },
         )
 
-    return supabase_sequences
+    return sequences_ahead

@@ -12,6 +12,7 @@ from migration_assets.defs.assets import (
     build_sequences_asset,
     build_table_asset,
 )
+from migration_assets.defs.checks import build_checks
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import MigrationPlan
 
@@ -34,9 +35,18 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:  # type: ignore[typ
 
 
 def build_assets(plan: MigrationPlan) -> list[dg.AssetsDefinition]:
+    from migration_assets.defs.report import build_report_asset
+
     tables = [build_table_asset(table=t) for t in plan.tables]
-    return [build_schema_asset(plan), *tables, build_sequences_asset(plan)]
+    return [
+        build_schema_asset(plan),
+        *tables,
+        build_sequences_asset(plan),
+        build_report_asset(plan),
+    ]
 
 
 def build_definitions(plan: MigrationPlan) -> dg.Definitions:
-    return dg.Definitions(assets=build_assets(plan), resources=build_resources())
+    return dg.Definitions(
+        assets=build_assets(plan), asset_checks=build_checks(plan), resources=build_resources()
+    )

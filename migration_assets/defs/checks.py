@@ -1,0 +1,228 @@
+"""Table-level asset checks: re-runnable at any time, from the UI or `verify`, no copying.
+
+One subsettable multi-check per table, so the UI can run a single check while a full
+`verify` shares one scan between the row count and the checksum.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import psycopg
+from dagster import AssetCheckExecutionContext
+
+from migration_assets.db.audit import orphan_rows, security_posture, tls_evidence
+from migration_assets.db.bisect import KeyDiff, localise
+from migration_assets.db.dsn import is_local_host, parse_dsn
+from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.defs.assets import SCHEMA_KEY, build_schema_checks, build_sequences_check
+from migration_assets.defs.resources import SourceDatabase, TargetDatabase
+from migration_assets.plan import MigrationPlan, TablePlan, dagster_name
+from migration_assets.verify import TableComparison, compare_table
+
+TABLE_ROW_COUNT = "table_row_count"
+TABLE_CHECKSUM = "table_checksum"
+FOREIGN_KEYS_INTACT = "foreign_keys_intact"
+RLS_ENABLED = "rls_enabled"
+NO_API_GRANTS = "no_api_grants"
+TLS_IN_USE = "tls_in_use"
+KEYS_LISTED = 20
+
+_DESCRIPTIONS = {
+    TABLE_ROW_COUNT: "Row count of the whole table equal on source and target.",
+    TABLE_CHECKSUM: "Checksum of the whole table equal; on a difference, the slices and up to "
+    "20 keys that differ.",
+    FOREIGN_KEYS_INTACT: "No orphan rows on the target for any foreign key of this table.",
+    RLS_ENABLED: "Row level security is on (the table is in a schema the Data API exposes).",
+    NO_API_GRANTS: "anon/authenticated hold no privileges on the table (unless the plan "
+    "allows it).",
+}
+
+
+def check_names(table: TablePlan, plan: MigrationPlan) -> list[str]:
+    """The table-level checks a table gets (security ones only where the Data API looks)."""
+    names = [TABLE_ROW_COUNT, TABLE_CHECKSUM, FOREIGN_KEYS_INTACT]
+    if table.schema_name in plan.security.data_api_schemas:
+        names += [RLS_ENABLED, NO_API_GRANTS]
+    return names
+
+
+def build_table_checks(*, table: TablePlan, plan: MigrationPlan) -> dg.AssetChecksDefinition:
+    key = dg.AssetKey(table.asset_path)
+    specs = [
+        dg.AssetCheckSpec(name, asset=key, description=_DESCRIPTIONS[name])
+        for name in check_names(table, plan)
+    ]
+
+    @dg.multi_asset_check(
+        specs=specs,
+        can_subset=True,
+        name=f"{dagster_name(table.schema_name)}__{dagster_name(table.name)}__checks",
+        description=f"Proof for {table.qualified}: data, integrity and security on the target.",
+    )
+    def _checks(
+        context: AssetCheckExecutionContext, source: SourceDatabase, target: TargetDatabase
+    ) -> Iterator[dg.AssetCheckResult]:
+        selected = {k.name for k in context.selected_asset_check_keys}
+        try:
+            yield from _run_checks(selected, table, plan, source, target)
+        except psycopg.Error as exc:
+            raise dg.Failure(description=f"{table.qualified}: {safe_message(exc)}") from None
+        except MigrationError as exc:
+            raise dg.Failure(description=str(exc)) from None
+
+    return _checks
+
+
+def _run_checks(
+    selected: set[str],
+    table: TablePlan,
+    plan: MigrationPlan,
+    source: SourceDatabase,
+    target: TargetDatabase,
+) -> Iterator[dg.AssetCheckResult]:
+    if selected & {TABLE_ROW_COUNT, TABLE_CHECKSUM}:
+        comparison = compare_table(source, target, table)
+        if TABLE_ROW_COUNT in selected:
+            yield _row_count_result(comparison)
+        if TABLE_CHECKSUM in selected:
+            diff = _localise(source, target, table, comparison) if not comparison.equal else None
+            yield _checksum_result(comparison, diff)
+    with target.connect() as conn:
+        if FOREIGN_KEYS_INTACT in selected:
+            yield _foreign_keys_result(conn, table)
+        if selected & {RLS_ENABLED, NO_API_GRANTS}:
+            posture = security_posture(
+                conn,
+                schema=table.schema_name,
+                table=table.name,
+                api_roles=plan.security.api_roles,
+            )
+            if RLS_ENABLED in selected:
+                yield dg.AssetCheckResult(
+                    check_name=RLS_ENABLED,
+                    passed=posture.rls_enabled,
+                    metadata={
+                        "rls_enabled": posture.rls_enabled,
+                        "policies": posture.policies,
+                        "table": table.qualified,
+                    },
+                )
+            if NO_API_GRANTS in selected:
+                allowed = table.api_grants_allowed
+                yield dg.AssetCheckResult(
+                    check_name=NO_API_GRANTS,
+                    passed=allowed or not posture.api_grants,
+                    metadata={
+                        "table": table.qualified,
+                        "grants": ", ".join(posture.api_grants) or "none",
+                        "allowed_by_plan": allowed,
+                    },
+                )
+
+
+def _row_count_result(c: TableComparison) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=TABLE_ROW_COUNT,
+        passed=c.source.rows == c.target.rows,
+        metadata={"table": c.table, "source_rows": c.source.rows, "target_rows": c.target.rows},
+    )
+
+
+def _checksum_result(c: TableComparison, diff: KeyDiff | None) -> dg.AssetCheckResult:
+    metadata: dict[str, Any] = {
+        "table": c.table,
+        "source_checksum": c.source.digest,
+        "target_checksum": c.target.digest,
+        "differing_slices": ", ".join(c.differing_slices) or "none",
+    }
+    if diff is not None:
+        metadata["differing_rows"] = diff.total
+        metadata["keys"] = dg.MetadataValue.md(
+            "\n".join(f"- {k}" for k in diff.listed()) or "none found"
+        )
+        metadata["keys_are"] = "row hashes (table has no key)" if diff.keyless else "primary keys"
+    return dg.AssetCheckResult(check_name=TABLE_CHECKSUM, passed=c.equal, metadata=metadata)
+
+
+def _localise(
+    source: SourceDatabase, target: TargetDatabase, table: TablePlan, c: TableComparison
+) -> KeyDiff:
+    """Bisect the differing slices until KEYS_LISTED keys are named (all are counted)."""
+    total = KeyDiff(keyless=not table.key)
+    with source.connect() as src, target.connect() as tgt:
+        for pk in c.differing_slices:
+            part = localise(
+                src,
+                tgt,
+                table.slice(pk),
+                key=table.key,
+                checksum_columns=table.checksum_columns,
+                copy_columns=table.copy_columns,
+                limit=KEYS_LISTED,
+            )
+            for kind in ("missing", "extra", "different"):
+                for label in getattr(part, kind):
+                    if len(total.listed()) < KEYS_LISTED:
+                        getattr(total, kind).append(label)
+            total.total += part.total
+            total.scans += part.scans
+    return total
+
+
+def _foreign_keys_result(conn: Any, table: TablePlan) -> dg.AssetCheckResult:
+    findings = []
+    for fk in table.foreign_keys:
+        count, keys = orphan_rows(
+            conn,
+            schema=table.schema_name,
+            table=table.name,
+            key=table.key,
+            columns=fk.columns,
+            ref_schema=fk.ref_schema,
+            ref_table=fk.ref_table,
+            ref_columns=fk.ref_columns,
+        )
+        if count:
+            shown = f"; keys {', '.join(keys)}" if keys else ""
+            findings.append(f"{fk.name} -> {fk.ref_qualified}: {count} orphan row(s){shown}")
+    return dg.AssetCheckResult(
+        check_name=FOREIGN_KEYS_INTACT,
+        passed=not findings,
+        metadata={
+            "table": table.qualified,
+            "foreign_keys": len(table.foreign_keys),
+            "orphans": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none"),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=SCHEMA_KEY,
+    name=TLS_IN_USE,
+    description="The migration's own connection to the target is encrypted (pg_stat_ssl).",
+)
+def tls_in_use(target: TargetDatabase) -> dg.AssetCheckResult:
+    with target.connect() as conn:
+        evidence = tls_evidence(conn)
+    hosts = parse_dsn(target.url).get("host", "")
+    local = all(is_local_host(h) for h in hosts.split(",") or [""])
+    return dg.AssetCheckResult(
+        passed=evidence.ssl,
+        severity=dg.AssetCheckSeverity.WARN if local else dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "ssl": evidence.ssl,
+            "protocol": evidence.version or "none",
+            "cipher": evidence.cipher or "none",
+            "bits": evidence.bits,
+        },
+    )
+
+
+def build_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
+    return [
+        *build_schema_checks(plan),
+        tls_in_use,
+        build_sequences_check(plan),
+        *(build_table_checks(table=t, plan=plan) for t in plan.tables),
+    ]

@@ -1,0 +1,27 @@
+"""What Dagster remembers about our assets, read the same way by the runner and the report."""
+
+import dagster as dg
+from dagster import DagsterInstance, EventLogRecord
+
+from migration_assets.plan import TablePlan
+
+
+def latest_materializations(
+    instance: DagsterInstance, table: TablePlan
+) -> dict[str, EventLogRecord]:
+    """The newest materialization record of each of the table's partitions."""
+    wanted = set(table.partition_keys)
+    seen: dict[str, EventLogRecord] = {}
+    cursor = None
+    while len(seen) < len(wanted):
+        page = instance.fetch_materializations(
+            dg.AssetKey(table.asset_path), limit=200, cursor=cursor
+        )
+        for record in page.records:  # newest first
+            mat = record.asset_materialization
+            if mat is not None and mat.partition in wanted and mat.partition not in seen:
+                seen[mat.partition] = record
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return seen

@@ -1,0 +1,224 @@
+"""Proof for the auditor: checks fail on corruption, bisection names keys, no PHI, chains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+from dagster._serdes import serialize_value
+
+from migration_assets.defs.assets import SEQUENCES_AHEAD
+from migration_assets.defs.checks import (
+    FOREIGN_KEYS_INTACT,
+    NO_API_GRANTS,
+    RLS_ENABLED,
+    TABLE_CHECKSUM,
+    TABLE_ROW_COUNT,
+)
+from migration_assets.devstack.stack import DevStack
+from migration_assets.runner import Runner, Task
+from migration_assets.settings import load_settings
+from migration_assets_tests.conftest import Migration, MigrationFactory
+from migration_assets_tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration
+
+PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
+
+
+def _migrated(migration: MigrationFactory) -> Migration:
+    m = migration()
+    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
+    assert code == 0, output
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    return m
+
+
+def _runner(m: Migration) -> Runner:
+    return Runner.open(load_settings(env_file=None), m.plan_path)
+
+
+def _failures(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for e in result.get_asset_check_evaluations():
+        if not e.passed:
+            meta = {k: getattr(v, "value", v) for k, v in e.metadata.items()}
+            out[(e.asset_key.to_user_string(), e.check_name)] = meta
+    return out
+
+
+def test_every_check_passes_clean_and_fails_on_its_corruption(
+    migration: MigrationFactory,
+) -> None:
+    m = _migrated(migration)
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+    assert "FAIL" not in output
+    with psycopg.connect(m.target_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")  # as an intruder would
+        deleted = conn.execute("SELECT max(id) FROM audit_log").fetchone()
+        conn.execute("DELETE FROM audit_log WHERE id = (SELECT max(id) FROM audit_log)")
+        encounter = conn.execute("SELECT min(id) FROM encounters").fetchone()
+        conn.execute(
+            "INSERT INTO observations (id, encounter_id, code, observed_at) "
+            "VALUES (987654321, %s, '8867-4', now())",
+            [encounter[0] if encounter else 1],
+        )
+        patient = conn.execute("SELECT id FROM patients ORDER BY id LIMIT 1").fetchone()
+        conn.execute(
+            "UPDATE patients SET email = 'changed@example.org' WHERE id = %s",
+            [patient[0] if patient else None],
+        )
+        conn.execute(
+            "INSERT INTO prescriptions (encounter_id, line_no, drug_name, dose, dose_unit, "
+            "frequency, prescribed_on) VALUES (99999999, 1, 'orphan', 1, 'mg', 'daily', "
+            "'2020-01-01')"
+        )
+        conn.execute("SELECT setval('encounters_id_seq', 1)")
+        conn.execute("ALTER TABLE appointments DISABLE ROW LEVEL SECURITY")
+        conn.execute("GRANT SELECT ON providers TO anon")
+    failures = _failures(_runner(m).run_checks())
+    assert deleted is not None
+    assert patient is not None
+    assert failures[("public/audit_log", TABLE_ROW_COUNT)]["table"] == "public.audit_log"
+    assert f"missing {deleted[0]}" in failures[("public/audit_log", TABLE_CHECKSUM)]["keys"]
+    assert "extra 987654321" in failures[("public/observations", TABLE_CHECKSUM)]["keys"]
+    assert f"different {patient[0]}" in failures[("public/patients", TABLE_CHECKSUM)]["keys"]
+    orphans = failures[("public/prescriptions", FOREIGN_KEYS_INTACT)]["orphans"]
+    assert "(99999999,1)" in orphans
+    assert "encounters" in orphans
+    assert "encounters_id_seq" in failures[("supabase_sequences", SEQUENCES_AHEAD)]["behind"]
+    assert failures[("public/appointments", RLS_ENABLED)]["table"] == "public.appointments"
+    assert "anon: SELECT" in failures[("public/providers", NO_API_GRANTS)]["grants"]
+    expected = {
+        ("public/audit_log", TABLE_ROW_COUNT),
+        ("public/audit_log", TABLE_CHECKSUM),
+        ("public/observations", TABLE_ROW_COUNT),
+        ("public/observations", TABLE_CHECKSUM),
+        ("public/patients", TABLE_CHECKSUM),
+        ("public/prescriptions", TABLE_ROW_COUNT),
+        ("public/prescriptions", TABLE_CHECKSUM),
+        ("public/prescriptions", FOREIGN_KEYS_INTACT),
+        ("supabase_sequences", SEQUENCES_AHEAD),
+        ("public/appointments", RLS_ENABLED),
+        ("public/providers", NO_API_GRANTS),
+    }
+    assert set(failures) == expected, "a check failed that should not have, or vice versa"
+    code, output = run_cli(["verify", "--tables", "public.providers"])
+    assert code == 1
+    assert "no_api_grants" in output
+
+
+def test_bisection_names_exactly_the_changed_keys(migration: MigrationFactory) -> None:
+    m = _migrated(migration)
+    runner = _runner(m)
+    table = runner.plan.table("public.observations")
+    with psycopg.connect(m.target_url, autocommit=True) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM observations ORDER BY md5(id::text)")]
+    for changes in (1, 5, 25):
+        changed = sorted(ids[:changes])
+        with psycopg.connect(m.target_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE observations SET unit = coalesce(unit, '') || '~' WHERE id = ANY(%s)",
+                [changed],
+            )
+        result = runner.run_checks([table])
+        meta = _failures(result)[("public/observations", TABLE_CHECKSUM)]
+        listed = [line.removeprefix("- different ") for line in meta["keys"].splitlines()]
+        assert meta["differing_rows"] == changes
+        assert len(listed) == min(changes, 20)
+        assert set(listed) <= {str(i) for i in changed}
+        if changes <= 20:
+            assert sorted(int(k) for k in listed) == changed
+        with psycopg.connect(m.target_url, autocommit=True) as conn:  # put them back
+            conn.execute(
+                "UPDATE observations SET unit = nullif(left(unit, -1), '') WHERE id = ANY(%s)",
+                [changed],
+            )
+    assert not _failures(runner.run_checks([table]))
+
+
+def test_no_patient_data_or_secret_anywhere_even_after_a_duplicate_key(
+    migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
+) -> None:
+    m = _migrated(migration)
+    with psycopg.connect(m.source_url) as conn:
+        people = conn.execute(
+            "SELECT mrn, email, display_name, phone, id FROM patients ORDER BY id"
+        ).fetchall()
+        victim = people[-1]  # highest id: the last slice
+    with psycopg.connect(m.target_url, autocommit=True) as conn:
+        # The victim's MRN moves to a row in the first slice: re-copying the last slice
+        # then collides on the unique MRN, and PostgreSQL's DETAIL quotes the MRN.
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE patients SET mrn = 'moved-aside' WHERE id = %s", [victim[4]])
+        conn.execute(
+            "INSERT INTO patients (id, mrn, given_name, family_name, birth_date, created_at, "
+            "updated_at) VALUES ('00000000-0000-4000-8000-000000000000', %s, 'x', 'y', "
+            "'2000-01-01', now(), now())",
+            [victim[0]],
+        )
+    runner = _runner(m)
+    last = runner.plan.table("public.patients").partition_keys[-1]
+    outcome = runner.run_partition(Task("public.patients", last))
+    assert not outcome.ok
+    assert "23505" in outcome.message, "the duplicate key must be reported by its SQLSTATE"
+    assert "patients_mrn_key" in outcome.message
+    code, output = run_cli(["verify"])
+    assert code == 1
+    code, _ = run_cli(["report", "--out", str(isolated_cwd / "audit")])
+    assert code == 1, "the report must say the migration is incomplete"
+    needles = {str(v) for row in people for v in row[:4] if v and len(str(v)) > 5}
+    needles |= set(stack.passwords.values())
+    haystacks = {"verify output": output, "failure": outcome.message}
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    for run in instance.get_runs():
+        haystacks[f"run {run.run_id}"] = "\n".join(
+            serialize_value(event) for event in instance.all_logs(run.run_id)
+        )
+    for path in (isolated_cwd / "audit").iterdir():
+        haystacks[path.name] = path.read_text()
+    assert len(haystacks) > 5
+    for where, text in haystacks.items():
+        for needle in needles:
+            assert needle not in text, f"patient data or a secret leaked into {where}"
+
+
+def test_report_chain_detects_tampering(migration: MigrationFactory, isolated_cwd: Path) -> None:
+    _migrated(migration)
+    assert run_cli(["verify"])[0] == 0
+    out = isolated_cwd / "audit"
+    for _ in range(2):
+        code, output = run_cli(["report", "--out", str(out)])
+        assert code == 0, output
+        assert "COMPLETE" in output
+    first = json.loads((out / "audit-0001.json").read_text())
+    assert first["verdict"]["complete"] is True
+    assert first["tls"]["protocol"].startswith("TLSv1.")
+    assert first["alembic"]["source"] == first["alembic"]["target"] != "unknown"
+    assert all(t["partitions"]["verified"] == t["partitions"]["total"] for t in first["tables"])
+    assert "***" in first["configuration"]["SUPABASE_DB_URL"]
+    assert first["generated_by"]["os_user"]
+    assert run_cli(["report", "--check", str(out)])[0] == 0
+    original = (out / "audit-0001.json").read_text()
+    (out / "audit-0001.json").write_text(
+        original.replace('"verified": true', '"verified": false', 1)
+    )
+    code, output = run_cli(["report", "--check", str(out)])
+    assert code == 1
+    assert "audit-0001.json" in output
+    (out / "audit-0001.json").write_text(original)
+    markdown = (out / "audit-0002.md").read_text()
+    (out / "audit-0002.md").write_text(markdown.replace("PASS", "FAIL", 1))
+    code, output = run_cli(["report", "--check", str(out)])
+    assert code == 1
+    assert "audit-0002.md" in output
+    (out / "audit-0002.md").write_text(markdown)
+    assert run_cli(["report", "--check", str(out)])[0] == 0
+    (out / "audit-0001.json").unlink()
+    assert run_cli(["report", "--check", str(out)])[0] == 1
