@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.devstack.seed import seed
 from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
@@ -117,6 +118,15 @@ class Migration:
 MigrationFactory = Callable[..., Migration]
 
 
+def _through_pooler(stack: DevStack, target_url: str) -> str | None:
+    """The same target database through PgBouncer (its `*` entry serves every database)."""
+    if stack.pooler_url is None:
+        return None
+    params = parse_dsn(stack.pooler_url)
+    params["dbname"] = parse_dsn(target_url)["dbname"]
+    return display_url(params, mask=False)
+
+
 @pytest.fixture
 def migration(
     databases: Databases, stack: DevStack, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
@@ -126,12 +136,14 @@ def migration(
     def make(*, source_url: str | None = None, target_url: str | None = None) -> Migration:
         home = isolated_cwd / unique("dagster_home")
         home.mkdir()
+        target = target_url or databases.target()
         made = Migration(
             source_url=source_url or databases.source(),
-            target_url=target_url or databases.target(),
+            target_url=target,
             plan_path=isolated_cwd / "plan.json",
             dagster_home=home,
             ca_file=stack.ca_file,
+            pooler_url=_through_pooler(stack, target),
         )
         for key, value in made.env().items():
             monkeypatch.setenv(key, value)

@@ -82,6 +82,7 @@ def test_dagster_names_are_valid_stable_and_distinct() -> None:
         ),
         ('invalid input syntax for type uuid: "Zoë Müller"', "Zoë Müller"),
         ("invalid input syntax for type integer: abc123", "abc123"),
+        ("date too small (before year 1): '-infinity'", "-infinity"),
     ],
 )
 def test_row_values_are_masked_in_error_text(raw: str, leak: str) -> None:

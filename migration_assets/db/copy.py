@@ -21,6 +21,18 @@ from migration_assets.db.session import Connection, server_major
 from migration_assets.db.slices import SliceSpec
 
 CHUNK_BYTES = 64 * 1024
+QUEUED_CHUNKS = 64  # 4 MB in flight per copy: enough to overlap reading and writing
+
+
+class _BoundedWriter(QueuedLibpqWriter):
+    """psycopg's queued writer holds up to 1,024 chunks: with a slow target that is 64 MB
+    per worker. A short queue keeps the overlap and bounds the memory."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        super().__init__(cursor)
+        self._queue = type(self._queue)(maxsize=QUEUED_CHUNKS)  # psycopg's own Queue class
+
+
 LOCK_NAMESPACE = 0x6D61  # "ma": keeps our advisory locks apart from the application's
 
 
@@ -68,8 +80,11 @@ class CopyTarget:
     binary_safe: bool
 
 
-def slice_lock_key(spec: SliceSpec) -> sql.Composable:
-    return sql.SQL("pg_try_advisory_xact_lock({}, hashtext({}))").format(
+SLICE_LOCK_WAIT = "30s"  # long enough for a vanished client's transaction to be ended
+
+
+def slice_lock(spec: SliceSpec) -> sql.Composed:
+    return sql.SQL("SELECT pg_advisory_xact_lock({}, hashtext({}))").format(
         sql.Literal(LOCK_NAMESPACE), sql.Literal(f"{spec.schema}.{spec.table}/{spec.index}")
     )
 
@@ -112,12 +127,18 @@ def copy_slice(source: Connection, target: Connection, job: CopyTarget) -> Slice
 
 
 def _prepare_target(target: Connection, spec: SliceSpec) -> None:
-    row = target.execute(sql.SQL("SELECT {}").format(slice_lock_key(spec))).fetchone()
-    if not row or not row[0]:
+    """Take the slice's lock, waiting a little: after a network cut the old transaction may
+    hold it until the server notices its client is gone."""
+    target.execute(f"SET LOCAL lock_timeout = '{SLICE_LOCK_WAIT}'")
+    try:
+        target.execute(slice_lock(spec))
+    except psycopg.errors.LockNotAvailable:
         raise SliceBusyError(
             f"{spec.schema}.{spec.table} slice {spec.index:03d} is being written by another "
-            "run right now; wait for it to finish (see the Dagster UI) and retry."
-        )
+            f"run (waited {SLICE_LOCK_WAIT}); wait for it to finish (see the Dagster UI) and "
+            "retry."
+        ) from None
+    target.execute("SET LOCAL lock_timeout = 0")
     # Triggers (updated_at, append-only guards) and FK checks must not touch migrated rows;
     # integrity is proven afterwards by the FK orphan check.
     target.execute("SET LOCAL session_replication_role = replica")
@@ -141,7 +162,7 @@ def _stream(
     copy_in = sql.SQL("COPY {} ({}) FROM STDIN {}").format(spec.relation, columns, fmt)
     nbytes = 0
     with source.cursor() as scur, target.cursor() as tcur:
-        with scur.copy(copy_out) as out, tcur.copy(copy_in, writer=QueuedLibpqWriter(tcur)) as sink:
+        with scur.copy(copy_out) as out, tcur.copy(copy_in, writer=_BoundedWriter(tcur)) as sink:
             buffer = bytearray()
             for chunk in out:
                 buffer += chunk

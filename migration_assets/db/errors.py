@@ -18,7 +18,9 @@ import psycopg
 VALUE_MASK = "<value withheld>"
 
 # `: "value"` at the end of a primary message, and bare `(...)=(...)` key pairs.
-_TRAILING_VALUE = re.compile(r':\s*"(?:[^"\\]|\\.|"")*"\s*$', re.DOTALL)
+_TRAILING_VALUE = re.compile(
+    r""":\s*(?:"(?:[^"\\]|\\.|"")*"|'(?:[^'\\]|\\.|'')*')\s*$""", re.DOTALL
+)
 _KEY_VALUE = re.compile(r"\(([^()]*)\)=\((?:[^()]|\([^()]*\))*\)")
 _TRAILING_BARE = re.compile(r"(invalid input syntax for type [\w ]+|input is out of range):.*$")
 
@@ -68,6 +70,12 @@ _RULES = [
         "password authentication failed",
         "the password (or user) was rejected",
         "check the user and password in {setting}",
+    ),
+    _Rule(
+        "failed to resolve host",
+        "the host name does not resolve",
+        "check the host in {setting} (for Supabase: db.<project-ref>.supabase.co, which is "
+        "IPv6-only without the IPv4 add-on; the session pooler host works over IPv4)",
     ),
     _Rule(
         "could not translate host name",
@@ -141,10 +149,24 @@ class ConnectionFailedError(MigrationError):
         super().__init__(f"cannot connect to {setting} ({shown}): {what}. Fix: {fix}. [{detail}]")
 
     @classmethod
-    def from_libpq(cls, exc: psycopg.OperationalError, *, setting: str, shown: str) -> Self:
+    def from_libpq(
+        cls,
+        exc: psycopg.OperationalError,
+        *,
+        setting: str,
+        shown: str,
+        tls_reason: str | None = None,
+    ) -> Self:
         text = str(exc)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         detail = mask_values(lines[-1] if lines else type(exc).__name__)
+        if tls_reason and "certificate verify failed" in text:
+            fix = (
+                "renew the server certificate"
+                if "expired" in tls_reason or "not valid yet" in tls_reason
+                else "fix the host name or SUPABASE_SSLROOTCERT as said"
+            )
+            return cls(setting, shown, tls_reason, f"{fix}; never weaken sslmode", detail)
         for rule in _RULES:
             if rule.needle in text:
                 return cls(setting, shown, rule.what, rule.fix.format(setting=setting), detail)

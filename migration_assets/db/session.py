@@ -7,6 +7,7 @@ another TimeZone. Both servers get the same pins before any query runs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,20 +29,49 @@ SESSION_PINS: dict[str, str] = {
     "client_encoding": "UTF8",
 }
 
-# A hung network must end in an error, not a wait without end.
-TCP_GUARDS: dict[str, str] = {
-    "connect_timeout": "10",
-    "keepalives": "1",
-    "keepalives_idle": "15",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "60000",
-}
+NETWORK_TIMEOUT_ENV = "MIGRATION_NETWORK_TIMEOUT"
+DEFAULT_NETWORK_TIMEOUT = 60
 
 
-def pin_session(conn: Connection) -> None:
+def network_timeout() -> int:
+    """Seconds a silent network may take before we give up (MIGRATION_NETWORK_TIMEOUT)."""
+    raw = os.environ.get(NETWORK_TIMEOUT_ENV, "")
+    try:
+        return max(3, int(raw)) if raw else DEFAULT_NETWORK_TIMEOUT
+    except ValueError:
+        return DEFAULT_NETWORK_TIMEOUT
+
+
+def tcp_guards(timeout: int) -> dict[str, str]:
+    """Client side: a hung network ends in an error within about `timeout` seconds."""
+    return {
+        "connect_timeout": str(min(10, timeout)),
+        "keepalives": "1",
+        "keepalives_idle": str(max(1, timeout // 3)),
+        "keepalives_interval": str(max(1, timeout // 9)),
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(timeout * 1000),
+    }
+
+
+def server_guards(timeout: int) -> dict[str, str]:
+    """Server side: a vanished client's transaction (and its slice locks) ends soon too,
+    instead of after the kernel's two-hour keepalive default."""
+    return {
+        "tcp_keepalives_idle": str(max(1, timeout // 3)),
+        "tcp_keepalives_interval": str(max(1, timeout // 9)),
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": str(timeout * 1000),
+        # our transactions are never idle for long (the source checksum is the longest
+        # pause); one that is has lost its client and must not keep holding slice locks
+        "idle_in_transaction_session_timeout": str(timeout * 10 * 1000),
+    }
+
+
+def pin_session(conn: Connection, extra: dict[str, str] | None = None) -> None:
     """One round trip: every pin as a plain SET so poolers in session mode keep them."""
-    statements = "; ".join(f"SET {name} TO '{value}'" for name, value in SESSION_PINS.items())
+    pins = {**SESSION_PINS, **(extra or {})}
+    statements = "; ".join(f"SET {name} TO '{value}'" for name, value in pins.items())
     conn.execute(statements.encode())
 
 
@@ -54,24 +84,43 @@ def connect(
     autocommit: bool = False,
     application_name: str = "migration_assets",
     pin: bool = True,
+    guard_server: bool = False,
     prepare_threshold: int | None = 5,
 ) -> Iterator[Connection]:
     """A pinned connection; connection failures become `ConnectionFailedError` naming the fix."""
+    timeout = network_timeout()
     conninfo = with_params(
-        dsn, sslrootcert=sslrootcert, application_name=application_name, **TCP_GUARDS
+        dsn, sslrootcert=sslrootcert, application_name=application_name, **tcp_guards(timeout)
     )
     try:
         conn = psycopg.connect(conninfo, autocommit=autocommit, prepare_threshold=prepare_threshold)
     except psycopg.OperationalError as exc:
-        raise ConnectionFailedError.from_libpq(exc, setting=setting, shown=mask_dsn(dsn)) from None
+        raise ConnectionFailedError.from_libpq(
+            exc, setting=setting, shown=mask_dsn(dsn), tls_reason=_tls_reason(exc, conninfo)
+        ) from None
     try:
         if pin:
-            pin_session(conn)
+            pin_session(conn, server_guards(timeout) if guard_server else None)
             if not autocommit:
                 conn.commit()
         yield conn
     finally:
         conn.close()
+
+
+def _tls_reason(exc: psycopg.OperationalError, conninfo: str) -> str | None:
+    """For a failed certificate check only: look at the certificate and say why."""
+    if "certificate verify failed" not in str(exc):
+        return None
+    from migration_assets.db.tlsdiag import diagnose
+
+    params = parse_dsn(conninfo)
+    host = params.get("host", "").split(",")[0]
+    try:
+        port = int(params.get("port", "5432").split(",")[0])
+    except ValueError:
+        return None
+    return diagnose(host, port, params.get("sslrootcert"))
 
 
 def server_major(conn: Connection) -> int:

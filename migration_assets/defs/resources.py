@@ -58,6 +58,7 @@ class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
             setting="SUPABASE_DB_URL",
             sslrootcert=self.sslrootcert or None,
             autocommit=autocommit,
+            guard_server=True,
         ) as conn:
             yield conn
 

@@ -1,0 +1,244 @@
+"""Faults: whatever breaks mid-run, a plain `migrate` afterwards ends equal, nothing lost.
+
+Each test slows the copy into one table with a trigger that changes nothing (so the fault
+lands inside a COPY), breaks something, lets the run end, repairs, runs `migrate` again
+and compares source and target independently.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from migration_assets.db.dsn import parse_dsn
+from migration_assets.db.schema import alembic_upgrade
+from migration_assets.devstack.stack import DevStack
+from migration_assets.plan import load_plan
+from migration_assets_tests.conftest import ALEMBIC_INI, Migration, MigrationFactory, unique
+from migration_assets_tests.faults import (
+    TcpProxy,
+    blackhole,
+    slow_down,
+    speed_up,
+    wait_for_copy,
+)
+from migration_assets_tests.helpers import assert_equal_databases, cli_process, run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
+SLOW_TABLE = "public.observations"
+
+
+def _prepare(m: Migration, *, slow: float = 0.004) -> None:
+    """Plan, schema on the target, and a slow table so faults land mid-COPY."""
+    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
+    assert code == 0, output
+    alembic_upgrade(m.target_url, sslrootcert=str(m.ca_file), config_path=ALEMBIC_INI)
+    slow_down(m.target_url, SLOW_TABLE, slow)
+
+
+def _finish(m: Migration) -> None:
+    """Repair, migrate again, prove equality."""
+    speed_up(m.target_url, SLOW_TABLE)
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def _start(
+    m: Migration, cwd: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return cli_process(["migrate", "--workers", "1", *extra], {**m.env(), **(env or {})}, cwd)
+
+
+def _output(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _dbname(url: str) -> str:
+    return parse_dsn(url)["dbname"]
+
+
+def test_target_backend_terminated_mid_copy(
+    migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
+) -> None:
+    m = migration()
+    _prepare(m)
+    proc = _start(m, isolated_cwd)
+    assert stack.target is not None
+    pid = wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    stack.target.admin(f"SELECT pg_terminate_backend({pid})")
+    code, output = _output(proc)
+    assert code == 1, output
+    assert "connection was lost" in output
+    assert "nothing of this slice was committed" in output
+    _finish(m)
+
+
+def test_runner_killed_during_a_slice(
+    migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
+) -> None:
+    m = migration()
+    _prepare(m)
+    proc = _start(m, isolated_cwd)
+    assert stack.target is not None
+    wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _finish(m)
+
+
+def test_two_migrates_at_once_the_second_refuses(
+    migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
+) -> None:
+    m = migration()
+    _prepare(m, slow=0.001)
+    first = _start(m, isolated_cwd)
+    assert stack.target is not None
+    wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    second = _start(m, isolated_cwd)
+    code, output = _output(second, timeout=60)
+    assert code == 2, output
+    assert "already running against this target" in output
+    assert "pid=" in output, "the message should say who holds the lock"
+    code, output = _output(first)
+    assert code == 0, output
+    _finish(m)
+
+
+def test_source_changes_during_the_run_are_caught_and_resynced(
+    migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
+) -> None:
+    m = migration()
+    _prepare(m, slow=0.002)
+    plan = load_plan(m.plan_path)
+    patients = plan.table("public.patients")
+    proc = _start(m, isolated_cwd)
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    key = dg.AssetKey(patients.asset_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until patients' first slice is verified
+        status = (
+            instance.get_status_by_partition(
+                key, patients.partition_keys, dg.StaticPartitionsDefinition(patients.partition_keys)
+            )
+            or {}
+        )
+        first_slice = status.get("000")
+        if first_slice is not None and first_slice.value == "MATERIALIZED":
+            break
+        time.sleep(0.1)
+    with psycopg.connect(m.source_url, autocommit=True) as conn:
+        first = conn.execute("SELECT id FROM patients ORDER BY id LIMIT 1").fetchone()
+        conn.execute(
+            "UPDATE patients SET phone = '555-0199' WHERE id = %s", [first[0] if first else None]
+        )
+        conn.execute(
+            "DELETE FROM prescriptions WHERE (encounter_id, line_no) = "
+            "(SELECT encounter_id, line_no FROM prescriptions ORDER BY 1, 2 LIMIT 1)"
+        )
+        conn.execute(
+            "INSERT INTO providers (id, npi, full_name, specialty, created_at, updated_at) "
+            "VALUES (888888, '9888888888', 'Late Provider', 'Cardiology', now(), now())"
+        )
+    code, output = _output(proc)
+    assert code == 0, output  # each slice is consistent with the snapshot it was read from
+    speed_up(m.target_url, SLOW_TABLE)
+    code, output = run_cli(["verify"])
+    assert code == 1, "the change to an already-copied slice must be caught"
+    assert "public/patients" in output
+    code, output = run_cli(["migrate", "--resync"])
+    assert code == 0, output
+    assert "re-copied" in output
+    assert run_cli(["verify"])[0] == 0
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_network_cut_mid_copy(
+    migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
+) -> None:
+    assert stack.target is not None
+    with TcpProxy(("127.0.0.1", stack.target.port)) as proxy:
+        name = unique("tgt")
+        stack.create_target_database(name)
+        url = stack.target_url_for(name).replace(f":{stack.target.port}/", f":{proxy.port}/")
+        m = migration(target_url=url)
+        _prepare(m)
+        proc = _start(m, isolated_cwd)
+        wait_for_copy(stack.target.admin_conninfo(), name)
+        proxy.cut()
+        code, output = _output(proc)
+        assert code == 1, output
+        assert "connection was lost" in output
+        _finish(m)
+
+
+def test_a_hung_network_is_bounded_by_timeouts(
+    migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
+) -> None:
+    assert stack.target is not None
+    timeout = 6
+    with TcpProxy(("127.0.0.1", stack.target.port)) as proxy:
+        name = unique("tgt")
+        stack.create_target_database(name)
+        url = stack.target_url_for(name).replace(f":{stack.target.port}/", f":{proxy.port}/")
+        m = migration(target_url=url)
+        _prepare(m)
+        proc = _start(m, isolated_cwd, env={"MIGRATION_NETWORK_TIMEOUT": str(timeout)})
+        wait_for_copy(stack.target.admin_conninfo(), name)
+        hung_at = time.monotonic()
+        with blackhole(proxy.port):
+            code, output = _output(proc, timeout=20 * timeout)
+            waited = time.monotonic() - hung_at
+        assert code == 1, output
+        assert waited < 10 * timeout, f"a silent network held the run for {waited:.0f}s"
+        assert "stopped early" in output or "connection was lost" in output
+        proxy.cut()  # the server side of the silent connections ends too
+        _finish(m)
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[DevStack]:
+    """Stopping a server would break the shared stack: this module gets its own."""
+    with DevStack(pooler=False) as started:
+        yield started
+
+
+def test_target_server_stopped_mid_run_and_started_again(
+    own_stack: DevStack, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from migration_assets.demo import prepare_source
+    from migration_assets_tests.conftest import Migration as Pair
+
+    prepare_source(own_stack, patients=300, seed=11)
+    home = isolated_cwd / "home"
+    home.mkdir()
+    m = Pair(
+        own_stack.source_url,
+        own_stack.target_url,
+        isolated_cwd / "plan.json",
+        home,
+        own_stack.ca_file,
+    )
+    for k, v in m.env().items():
+        monkeypatch.setenv(k, v)
+    _prepare(m)
+    proc = _start(m, isolated_cwd)
+    assert own_stack.target is not None
+    wait_for_copy(own_stack.target.admin_conninfo(), _dbname(m.target_url))
+    own_stack.target.stop("fast")
+    code, output = _output(proc)
+    assert code == 1, output
+    assert "stopped early" in output, output
+    own_stack.target.start()
+    _finish(m)
