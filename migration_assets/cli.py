@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import dagster as dg
 import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,6 +35,8 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
+    import dagster as dg
+
     from migration_assets.plan import MigrationPlan
     from migration_assets.runner import MigrateReport, Runner
 
@@ -56,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the servers running")
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--seed", type=int, default=42)
+
+    ui = sub.add_parser(
+        "ui", help="the Dagster UI (webserver + daemon) on your settings or a throwaway stack"
+    )
+    ui.add_argument("--port", type=int, default=3000, help="the UI's port on 127.0.0.1")
+    ui.add_argument("--demo", action="store_true", help="a throwaway stack even if configured")
+    ui.add_argument("--patients", type=int, default=10_000, help="demo: patients to seed")
+    ui.add_argument("--seed", type=int, default=42, help="demo: seed of the synthetic data")
+    ui.add_argument("--rows-per-partition", type=int, default=DEFAULT_ROWS_PER_PARTITION)
+    ui.add_argument("--min-partitions", type=int, default=DEFAULT_MIN_PARTITIONS)
+    ui.add_argument("--split-above", type=int, default=MIN_ROWS_TO_SPLIT)
 
     stack = sub.add_parser("stack", help="stop a stack left running by `demo --keep`")
     stack.add_argument("action", choices=["down"])
@@ -112,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(COMMANDS[args.command](args))
     except (SettingsError, PlanError, MigrationError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return EXIT_CONFIG
     except psycopg.Error as exc:  # never a raw traceback: it can quote row values
-        err.print(f"[bold red]database error:[/] {safe_message(exc)}", markup=True)
+        err.print(f"[bold red]database error:[/] {safe_message(exc)}", markup=True, soft_wrap=True)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         err.print("interrupted: partitions in flight were rolled back; run `migrate` again")
@@ -235,6 +247,16 @@ def _print_migrate(report: MigrateReport) -> int:
         f"{report.skipped_partitions} already verified; {report.rows:,} rows in "
         f"{report.seconds:.1f}s"
     )
+    out.print("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
+    if report.aborted:
+        not_run = report.total_partitions - report.skipped_partitions - len(report.outcomes)
+        out.print(
+            f"[red]stopped early[/]: a database became unreachable, {not_run} partition(s) "
+            "were not attempted. Once it is back, run `migration-assets migrate` again: it "
+            "redoes only what is not verified.",
+            soft_wrap=True,
+        )
+        return EXIT_UNVERIFIED
     if report.failed:
         out.print(
             "failed partitions are FAILED in Dagster: run `migration-assets migrate` "
@@ -242,7 +264,8 @@ def _print_migrate(report: MigrateReport) -> int:
         )
         return EXIT_UNVERIFIED
     if not report.sequences_ok:
-        out.print("[red]sequences step failed[/]; see the supabase_sequences asset in the UI")
+        out.print("[red]the sequences step did not verify:[/]")
+        out.print(report.sequences_message, markup=False, soft_wrap=True)
         return EXIT_UNVERIFIED
     out.print("[green]every partition verified; sequences set[/]")
     return EXIT_OK
@@ -290,6 +313,8 @@ def print_checks(result: dg.ExecuteInProcessResult) -> int:
     table = Table(title="checks (source vs target, target posture)")
     for column in ("asset", "check", "result", "detail"):
         table.add_column(column, overflow="fold")
+    import dagster as dg
+
     failed = 0
     evaluations = sorted(
         result.get_asset_check_evaluations(),
@@ -327,9 +352,14 @@ def _detail(name: str, metadata: dict[str, object]) -> str:
             f"slices {_value(metadata, 'differing_slices')}; "
             f"{_value(metadata, 'differing_rows')} row(s): {keys}"
         )
-    for key in ("details", "orphans", "behind", "grants", "problems"):
+    for key in ("details", "orphans", "behind", "grants", "problems", "error", "fix"):
         if key in metadata and _value(metadata, key) not in ("none", ""):
             return _value(metadata, key).replace("\n", "; ").replace("- ", "")
+    if "worst_p95_ms" in metadata:
+        return (
+            f"connect {_value(metadata, 'connect_ms')} ms, worst p95 "
+            f"{_value(metadata, 'worst_p95_ms')} ms"
+        )
     if "protocol" in metadata:
         return f"{_value(metadata, 'protocol')} {_value(metadata, 'cipher')}"
     return ""
@@ -375,6 +405,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from migration_assets.ui import DemoOptions, run_ui
+
+    return run_ui(
+        env_file=args.env_file,
+        demo=args.demo,
+        port=args.port,
+        console=out,
+        demo_options=DemoOptions(
+            patients=args.patients,
+            seed=args.seed,
+            rows_per_partition=args.rows_per_partition,
+            min_partitions=args.min_partitions,
+            split_above=args.split_above,
+        ),
+    )
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     import shutil
 
@@ -394,6 +442,7 @@ COMMANDS = {
     "status": cmd_status,
     "verify": cmd_verify,
     "report": cmd_report,
+    "ui": cmd_ui,
 }
 
 

@@ -7,6 +7,7 @@ separate processes (copying is CPU-bound in Python); each loads the definitions 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -23,6 +24,7 @@ from queue import Empty
 from typing import Any
 
 import dagster as dg
+import psycopg
 from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
@@ -78,14 +80,25 @@ class Outcome:
 
 @dataclass
 class MigrateReport:
+    aborted: str = ""  # why the run stopped dispatching partitions early
     schema_ok: bool = False
     schema_message: str = ""
+    sequences_message: str = ""
     outcomes: list[Outcome] = field(default_factory=list)
     skipped_partitions: int = 0
     total_partitions: int = 0
     sequences_ok: bool = False
     differing_slices: int | None = None  # only for --resync
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
 
     @property
     def failed(self) -> list[Outcome]:
@@ -93,7 +106,7 @@ class MigrateReport:
 
     @property
     def ok(self) -> bool:
-        return self.schema_ok and not self.failed and self.sequences_ok
+        return self.schema_ok and not self.failed and self.sequences_ok and not self.aborted
 
     @property
     def rows(self) -> int:
@@ -118,7 +131,14 @@ class Runner:
         assert settings.dagster_home is not None
         _prepare_dagster_home(settings.dagster_home)
         plan = load_plan(plan_path)
-        return cls(settings, plan_path, plan, build_definitions(plan), DagsterInstance.get())
+        instance = DagsterInstance.get()
+        # dagster-postgres opens a new connection for every storage call by default (NullPool),
+        # about 70 per run: more than the copy of a small slice costs. A long-lived process
+        # may hold a small pool, as the webserver does.
+        instance.optimize_for_webserver(
+            statement_timeout=120_000, pool_recycle=3600, max_overflow=4
+        )
+        return cls(settings, plan_path, plan, build_definitions(plan), instance)
 
     @property
     def source(self) -> SourceDatabase:
@@ -172,6 +192,20 @@ class Runner:
         return Outcome(
             task, result.success, rows, time.perf_counter() - started, message, result.run_id
         )
+
+    def preflight(self) -> None:
+        """Refuse before anything is written when the roles cannot do the whole job."""
+        from migration_assets.db.preflight import source_problems, target_problems
+
+        tables = [(t.schema_name, t.name) for t in self.plan.tables]
+        with self.source.connect() as src:
+            problems = source_problems(src, tables)
+        with self.target.connect() as tgt:
+            problems += target_problems(tgt, tables)
+        if problems:
+            raise MigrationError(
+                "nothing was written; fix these first:\n" + "\n".join(f"  - {p}" for p in problems)
+            )
 
     def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
         """Every separately executable check (or those of `tables`), in one recorded run."""
@@ -235,6 +269,8 @@ class Runner:
                 self.instance.report_run_failed(
                     run, "the migrate process died (killed?); its slice was rolled back"
                 )
+                # its pool slot would otherwise stay taken until a daemon notices
+                self.instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
                 reaped += 1
         return reaped
 
@@ -265,16 +301,25 @@ class Runner:
         }
 
 
+FRESH_HOME_YAML = """\
+# Written by migration-assets into an empty DAGSTER_HOME: Dagster's default storage
+# (SQLite in this directory), no usage telemetry, and no stdout capture (our steps log
+# through the event log; capturing costs subprocesses for every step).
+telemetry:
+  enabled: false
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
+"""
+
+
 def _prepare_dagster_home(home: Path) -> None:
-    """An empty DAGSTER_HOME works as Dagster defaults it (SQLite in that directory), except
-    that we switch usage telemetry off: a tool for patient data does not phone home."""
+    """An empty DAGSTER_HOME works as Dagster defaults it, except that a tool for patient
+    data does not phone home, and does not pay for stdout capture it never uses."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(
-            "# written by migration-assets: Dagster's defaults, telemetry off\n"
-            "telemetry:\n  enabled: false\n"
-        )
+        config.write_text(FRESH_HOME_YAML)
 
 
 def partition_selection(table: TablePlan) -> dg.AssetSelection:
@@ -345,7 +390,9 @@ def migration_lock(target: TargetDatabase) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, 0)", [LOCK_NAMESPACE])
+            # a lost lock connection has released the lock already; nothing to undo
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s, 0)", [LOCK_NAMESPACE])
 
 
 def _lock_holder(conn: Connection) -> str:
@@ -364,60 +411,95 @@ def _lock_holder(conn: Connection) -> str:
 ProgressFn = Callable[[Outcome], None]
 
 
+def unreachable(outcome: Outcome) -> bool:
+    """A connection that cannot even be opened: the server is down or the network is gone,
+    so the remaining partitions would only fail the same way."""
+    return "cannot connect to" in outcome.message
+
+
 def run_tasks(
-    runner: Runner, tasks: list[Task], workers: int, on_done: ProgressFn
-) -> list[Outcome]:
-    if workers <= 1 or len(tasks) <= 1:
+    runner: Runner, tasks: list[Task], pool: WorkerPool | None, on_done: ProgressFn
+) -> tuple[list[Outcome], str]:
+    """Run partitions; stop dispatching once a database is unreachable (say why)."""
+    if pool is None or len(tasks) <= 1:
         outcomes = []
         for task in tasks:
             outcome = runner.run_partition(task)
             on_done(outcome)
             outcomes.append(outcome)
-        return outcomes
-    return _run_in_processes(runner, tasks, workers, on_done)
+            if unreachable(outcome):
+                return outcomes, outcome.message
+        return outcomes, ""
+    return pool.run(tasks, on_done)
 
 
-def _run_in_processes(
-    runner: Runner, tasks: list[Task], workers: int, on_done: ProgressFn
-) -> list[Outcome]:
-    ctx = mp.get_context("spawn")
-    todo: mp.Queue[Task | None] = ctx.Queue()
-    done: mp.Queue[Outcome] = ctx.Queue()
-    for task in tasks:
-        todo.put(task)
-    count = min(workers, len(tasks))
-    for _ in range(count):
-        todo.put(None)
-    env = dict(os.environ)
-    procs = [
-        ctx.Process(target=_worker, args=(str(runner.plan_path), env, todo, done), daemon=True)
-        for _ in range(count)
-    ]
-    for proc in procs:
-        proc.start()
-    outcomes: list[Outcome] = []
-    try:
+class WorkerPool:
+    """Worker processes started early, so importing Dagster overlaps the schema step."""
+
+    def __init__(self, plan_path: Path, count: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.todo: mp.Queue[Task | None] = ctx.Queue()
+        self.done: mp.Queue[Outcome] = ctx.Queue()
+        self.stop = ctx.Event()
+        env = dict(os.environ)
+        self.procs = [
+            ctx.Process(
+                target=_worker,
+                args=(str(plan_path), env, self.todo, self.done, self.stop),
+                daemon=True,
+            )
+            for _ in range(count)
+        ]
+        for proc in self.procs:
+            proc.start()
+
+    def run(self, tasks: list[Task], on_done: ProgressFn) -> tuple[list[Outcome], str]:
+        for task in tasks:
+            self.todo.put(task)
+        for _ in self.procs:
+            self.todo.put(None)
+        outcomes: list[Outcome] = []
+        aborted = ""
         while len(outcomes) < len(tasks):
             try:
-                outcome = done.get(timeout=1.0)
+                outcome = self.done.get(timeout=1.0)
             except Empty:
-                if not any(p.is_alive() for p in procs):
+                if not any(p.is_alive() for p in self.procs):
                     break
                 continue
             outcomes.append(outcome)
             on_done(outcome)
-    finally:
-        for proc in procs:
-            proc.join(timeout=5)
+            if unreachable(outcome) and not aborted:
+                aborted = outcome.message
+                self.stop.set()
+        if not aborted:
+            _report_lost(tasks, outcomes, on_done)
+        return outcomes, aborted
+
+    def close(self) -> None:
+        """Idle workers are terminated rather than joined: every outcome is already in hand,
+        and a worker's interpreter teardown (Dagster loaded) costs most of a second."""
+        self.stop.set()
+        for _ in self.procs:
+            self.todo.put(None)
+        for proc in self.procs:
+            proc.join(timeout=0.2)
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+
+
+def _report_lost(tasks: list[Task], outcomes: list[Outcome], on_done: ProgressFn) -> None:
+    """A worker that died took its task with it: report it, never hide it."""
     finished = {(o.task.table, o.task.partition) for o in outcomes}
-    for task in tasks:  # a worker that died took its task with it: report, never hide
+    for task in tasks:
         if (task.table, task.partition) not in finished:
             lost = Outcome(task, False, 0, 0.0, "the worker process died during this slice")
             outcomes.append(lost)
             on_done(lost)
-    return outcomes
 
 
 def _die_with_parent() -> None:
@@ -429,13 +511,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any) -> None:
+def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any) -> None:
     _die_with_parent()
     os.environ.update(env)
     from migration_assets.settings import load_settings
 
     runner = Runner.open(load_settings(), Path(plan_path))
-    while (task := todo.get()) is not None:
+    while not stop.is_set() and (task := todo.get()) is not None:
         try:
             outcome = runner.run_partition(task)
         except Exception as exc:  # never let one slice take the worker down
@@ -460,17 +542,25 @@ def migrate(
     """Schema, then every partition not yet verified, then sequences; all as Dagster runs."""
     started = time.perf_counter()
     report = MigrateReport(total_partitions=runner.plan.total_partitions())
-    with migration_lock(runner.target):
-        runner.reap_orphans()
-        schema = runner.materialize(dg.AssetSelection.assets(SCHEMA_KEY))
+    with migration_lock(runner.target), contextlib.ExitStack() as stack:
+        with report.phase("preflight"):
+            runner.preflight()
+            runner.reap_orphans()
+            tasks, report.skipped_partitions = runner.todo(force=force)
+        pool = None
+        if workers > 1 and (len(tasks) > 1 or resync):
+            pool = WorkerPool(runner.plan_path, workers)
+            stack.callback(pool.close)
+        with report.phase("schema"):
+            schema = runner.materialize(dg.AssetSelection.assets(SCHEMA_KEY))
         report.schema_ok = schema.success and not blocking_failures(schema)
         if not report.schema_ok:
             report.schema_message = _schema_failure(schema)
             report.seconds = time.perf_counter() - started
             return report
-        tasks, report.skipped_partitions = runner.todo(force=force)
         if resync and not force:
-            differing = runner.differing_slices()
+            with report.phase("resync checksums"):
+                differing = runner.differing_slices()
             report.differing_slices = sum(len(v) for v in differing.values())
             queued = {(t.table, t.partition) for t in tasks}
             for table, pks in differing.items():
@@ -479,21 +569,29 @@ def migrate(
                         tasks.append(Task(table, pk))
                         report.skipped_partitions -= 1
         on_start(len(tasks), report.skipped_partitions)
-        report.outcomes = run_tasks(runner, tasks, workers, on_done)
-        if not report.failed:
-            sequences = runner.materialize(dg.AssetSelection.assets(SEQUENCES_KEY))
+        with report.phase("partitions"):
+            report.outcomes, report.aborted = run_tasks(runner, tasks, pool, on_done)
+        if not report.failed and not report.aborted:
+            with report.phase("sequences"):
+                sequences = runner.materialize(dg.AssetSelection.assets(SEQUENCES_KEY))
             report.sequences_ok = sequences.success and not blocking_failures(sequences)
+            if not report.sequences_ok:
+                report.sequences_message = _schema_failure(sequences)
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _schema_failure(result: dg.ExecuteInProcessResult) -> str:
+    """The failed checks of a run, each with what its metadata says went wrong."""
     lines = []
-    for evaluation in result.get_asset_check_evaluations():
-        if not evaluation.passed:
-            details = evaluation.metadata.get("details")
-            text = getattr(details, "md_str", None) or getattr(details, "value", "")
-            lines.append(f"{evaluation.check_name} failed:\n{text}")
+    for evaluation in blocking_failures(result):
+        meta = evaluation.metadata
+        text = "\n".join(
+            str(getattr(meta[key], "value", meta[key]))
+            for key in ("details", "behind", "queries", "error", "fix")
+            if key in meta
+        )
+        lines.append(f"{evaluation.check_name} failed:\n{text}")
     if not result.success and not lines:
         lines.append(_failure_message(result))
     return "\n".join(lines)
