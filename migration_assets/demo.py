@@ -17,13 +17,36 @@ from rich.console import Console
 from rich.table import Table
 
 from migration_assets.db.schema import alembic_upgrade
-from migration_assets.db.session import connect
+from migration_assets.db.session import Connection, connect
 from migration_assets.devstack.seed import seed as seed_database
 from migration_assets.devstack.stack import DevStack
-from migration_assets.plan import build_plan, save_plan
+from migration_assets.plan import AppQuery, MigrationPlan, build_plan, save_plan
 from migration_assets.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# What the clinic app runs most: the pooler_ready check times these through the pooler.
+CLINIC_QUERIES = [
+    AppQuery(
+        name="patient by MRN",
+        sql="SELECT * FROM public.patients WHERE mrn = %s",
+        sample_sql="SELECT mrn FROM public.patients LIMIT 50",
+    ),
+    AppQuery(
+        name="a patient's encounters with observations",
+        sql=(
+            "SELECT e.id, e.started_at, e.status, o.code, o.value_numeric, o.unit "
+            "FROM public.encounters e JOIN public.observations o ON o.encounter_id = e.id "
+            "WHERE e.patient_id = %s ORDER BY e.started_at DESC, o.observed_at"
+        ),
+        sample_sql="SELECT id FROM public.patients LIMIT 50",
+    ),
+]
+
+
+def clinic_plan(conn: Connection, source_dsn: str) -> MigrationPlan:
+    plan = build_plan(conn, source_dsn=source_dsn)
+    return plan.model_copy(update={"app_queries": CLINIC_QUERIES})
 
 
 @contextmanager
@@ -69,7 +92,7 @@ def run_demo(
             _phase(timings, "plan", console),
             connect(stack.source_url, setting="SOURCE_DATABASE_URL") as conn,
         ):
-            save_plan(build_plan(conn, source_dsn=stack.source_url), plan_path)
+            save_plan(clinic_plan(conn, stack.source_url), plan_path)
         os.environ.update(stack.env())
         os.environ["MIGRATION_PLAN"] = str(plan_path)
         runner = Runner.open(load_settings(env_file=None), plan_path)

@@ -28,6 +28,7 @@ DEFAULT_ROWS_PER_PARTITION = 250_000
 DEFAULT_MIN_PARTITIONS = 4
 MIN_ROWS_TO_SPLIT = 10_000
 MAX_PARTITIONS = 512
+WIDE_ROW_BYTES = 64 * 1024
 # Owned by the schema step, not copied as data: Alembic writes its own revision.
 SCHEMA_OWNED_TABLES = frozenset({"public.alembic_version"})
 
@@ -149,6 +150,14 @@ class SecurityPlan(_Model):
     harden: bool = True
 
 
+class AppQuery(_Model):
+    """A query the application runs, timed through the pooler by the pooler_ready check."""
+
+    name: str
+    sql: str  # one %s parameter
+    sample_sql: str  # returns candidate values for that parameter
+
+
 class MigrationPlan(_Model):
     format: int = PLAN_FORMAT
     created_at: str
@@ -159,6 +168,7 @@ class MigrationPlan(_Model):
     enums: dict[str, list[str]] = Field(default_factory=dict)
     skipped: dict[str, str] = Field(default_factory=dict)
     security: SecurityPlan = Field(default_factory=SecurityPlan)
+    app_queries: list[AppQuery] = Field(default_factory=list)
 
     @property
     def schemas(self) -> list[str]:
@@ -257,6 +267,7 @@ def build_plan(
     skipped = dict(catalog.skipped)
     skipped.update({name: "owned by the schema step" for name in exclude if name in catalog.tables})
     return MigrationPlan(
+        app_queries=_lookup_queries(tables),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source=mask_dsn(source_dsn),
         source_server_version=catalog.server_version,
@@ -265,6 +276,29 @@ def build_plan(
         enums={k: list(v) for k, v in catalog.enums.items()},
         skipped=skipped,
     )
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lookup_queries(tables: list[TablePlan], count: int = 3) -> list[AppQuery]:
+    """By default the app's reads are 'fetch one row by key' on the largest tables; edit the
+    plan to put the application's real queries here."""
+    keyed = [t for t in tables if len(t.key) == 1]
+    keyed.sort(key=lambda t: -t.row_estimate)
+    queries = []
+    for t in keyed[:count]:
+        rel, key = f"{_quote(t.schema_name)}.{_quote(t.name)}", _quote(t.key[0])
+        wide = t.size_bytes > WIDE_ROW_BYTES * max(1, t.row_estimate)
+        queries.append(
+            AppQuery(  # rows of megabytes would time the network, not the database
+                name=f"{t.qualified} by key" + (" (key only: wide rows)" if wide else ""),
+                sql=f"SELECT {key if wide else '*'} FROM {rel} WHERE {key} = %s",
+                sample_sql=f"SELECT {key} FROM {rel} LIMIT 50",
+            )
+        )
+    return queries
 
 
 def _sequence_plans(catalog: Catalog) -> list[SequencePlan]:

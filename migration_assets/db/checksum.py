@@ -1,8 +1,11 @@
 """Row counts and order-independent checksums, computed inside each server.
 
-A checksum is `count(*)` and the exact (numeric) sum of the first 64 bits of
-`md5(ROW(columns)::text)`. Rows never leave the server; only two numbers do. The column
-list is the plan's, in the plan's order, so column order on disk cannot matter.
+A checksum is `count(*)` and the exact (numeric) sum of `hashtextextended(ROW(columns)::text,
+0)`, a 64-bit hash built into PostgreSQL (11+), the one hash partitioning relies on being
+stable across versions. It costs a third of an md5 turned into 64 bits. It hashes bytes in
+native order, so a big-endian server would disagree: that shows as a loud mismatch, never
+as silent loss. Rows never leave the server; only two numbers do. The column list is the
+plan's, in the plan's order, so column order on disk cannot matter.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ EMPTY = Checksum(0, "0")
 
 def row_hash(columns: Sequence[str]) -> sql.Composable:
     row = sql.SQL(", ").join(map(sql.Identifier, columns))
-    return sql.SQL("('x' || substr(md5(ROW({})::text), 1, 16))::bit(64)::int8").format(row)
+    return sql.SQL("hashtextextended(ROW({})::text, 0)").format(row)
 
 
 def slice_checksum(conn: Connection, spec: SliceSpec, columns: Sequence[str]) -> Checksum:

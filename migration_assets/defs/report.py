@@ -27,7 +27,7 @@ from migration_assets.defs.assets import (
     SEQUENCES_AHEAD,
     SEQUENCES_KEY,
 )
-from migration_assets.defs.checks import TLS_IN_USE, check_names
+from migration_assets.defs.checks import POOLER_READY, TLS_IN_USE, check_names
 from migration_assets.defs.history import latest_materializations
 from migration_assets.plan import MigrationPlan, TablePlan
 from migration_assets.report import render_markdown, write_report
@@ -40,6 +40,7 @@ GLOBAL_CHECKS = [
     (SCHEMA_KEY, PLAN_MATCHES_SOURCE),
     (SCHEMA_KEY, TLS_IN_USE),
     (SEQUENCES_KEY, SEQUENCES_AHEAD),
+    (SEQUENCES_KEY, POOLER_READY),
 ]
 
 

@@ -1,0 +1,155 @@
+"""Hostile names and values, and the application's connection through the pooler."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migration_assets.plan import load_plan
+from migration_assets_tests.conftest import Databases, MigrationFactory
+from migration_assets_tests.helpers import assert_equal_databases, run_cli
+
+pytestmark = pytest.mark.integration
+
+HOSTILE_DDL = """
+CREATE SCHEMA "My Schema";
+CREATE SCHEMA "select";
+CREATE TYPE "My Schema"."Mood" AS ENUM ('ok', 'not ok', 'ünïcode "q"');
+CREATE TYPE "My Schema".pair AS (a int, b text);
+CREATE DOMAIN "My Schema".pos AS int CHECK (VALUE > 0);
+CREATE TABLE "My Schema"."Order Items" (
+    "Id" bigint PRIMARY KEY,
+    "select" text, "from" varchar(20), "quote""d" char(5), "with space" text,
+    i2 smallint, i4 int, n numeric, n2 numeric(20, 6), r real, d double precision, m money,
+    b boolean, dt date, t time, ttz timetz, ts timestamp, tstz timestamptz, iv interval,
+    u uuid, j json, jb jsonb, x xml, ip inet, net cidr, mac macaddr, bits bit(8), vb varbit,
+    tsv tsvector, pt point, rng int4range, drng daterange, arr int[], tarr text[],
+    mood "My Schema"."Mood", moods "My Schema"."Mood"[], p "My Schema".pair,
+    ps "My Schema".pair[], pos "My Schema".pos,
+    twice numeric GENERATED ALWAYS AS (n * 2) STORED
+);
+CREATE TABLE "select"."table" ("user" int PRIMARY KEY, "group" text, "Ünïcode" text);
+CREATE TABLE "select"."Empty" (id int PRIMARY KEY);
+CREATE TABLE "select".blobs (id int PRIMARY KEY, data bytea);
+"""
+
+HOSTILE_ROWS = r"""
+INSERT INTO "My Schema"."Order Items"
+    ("Id", "select", "from", "quote""d", "with space", i2, i4, n, n2, r, d, m, b, dt, t, ttz,
+     ts, tstz, iv, u, j, jb, x, ip, net, mac, bits, vb, tsv, pt, rng, drng, arr, tarr, mood,
+     moods, p, ps, pos)
+SELECT i, CASE i % 4 WHEN 0 THEN NULL WHEN 1 THEN '' ELSE E'tab\there\nnew "line" \\ ' || i END,
+       'ünï' || i, 'ab', ' lead and trail ', (i % 32767)::smallint, i * 7,
+       (ARRAY['NaN', 'Infinity', '-Infinity', '0', '-0.000', '123456789.1234567'])
+           [1 + i % 6]::numeric,
+       i / 7.0,
+       (ARRAY['NaN', 'Infinity', '-Infinity', '-0', '1e-38', '3.4e38'])[1 + i % 6]::real,
+       (ARRAY['NaN', 'Infinity', '-Infinity', '-0', '5e-324', '1.7976931348623157e308'])
+           [1 + i % 6]::float8,
+       i * 1.01, i % 2 = 0,
+       (ARRAY['infinity', '-infinity', '4713-01-01 BC', '5874897-12-31', '2000-02-29'])
+           [1 + i % 5]::date,
+       '23:59:59.999999', '00:00+14',
+       (ARRAY['infinity', '-infinity', '294276-12-31 23:59:59.999999', '4713-01-01 BC'])
+           [1 + i % 4]::timestamp,
+       timestamptz '2024-03-31 02:30 Europe/Berlin' + i * interval '1 minute',
+       make_interval(years => i % 3, days => -i, secs => i / 3.0),
+       md5(i::text)::uuid, ('{"a": [1, 2.50, null], "k": "' || i || '"}')::json,
+       jsonb_build_object('deep', jsonb_build_object('n', i, 'ü', 'ö')),
+       ('<a href="x">' || i || '&amp;</a>')::xml,
+       ('2001:db8::' || to_hex(i))::inet, ('10.' || (i % 256) || '.0.0/16')::cidr,
+       '08:00:2b:01:02:03',
+       (i % 256)::bit(8), B'101', to_tsvector('simple', 'quick brown fox ' || i),
+       point(i, -i), int4range(i, i + 10), daterange('2020-01-01', '2020-12-31', '[]'),
+       ARRAY[i, NULL, -i], ARRAY['a,b', 'c"d', NULL, '', E'\\x'],
+       (ARRAY['ok', 'not ok', 'ünïcode "q"'])[1 + i % 3]::"My Schema"."Mood",
+       ARRAY['ok', 'ünïcode "q"']::"My Schema"."Mood"[], ROW(i, 'x,y')::"My Schema".pair,
+       ARRAY[ROW(1, NULL), ROW(NULL, '')]::"My Schema".pair[], 1 + i % 5
+FROM generate_series(1, 600) i;
+INSERT INTO "select"."table" SELECT i, CASE WHEN i % 3 = 0 THEN NULL ELSE 'g' || i END, 'Ωμέγα'
+FROM generate_series(1, 400) i;
+INSERT INTO "select".blobs VALUES (1, decode(repeat('ab', 50 * 1024 * 1024), 'hex')),
+                                  (2, ''::bytea), (3, NULL);
+"""
+
+
+@pytest.mark.slow
+def test_hostile_names_and_values_survive(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = databases.source(seeded=False), databases.target()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(HOSTILE_DDL)
+        conn.execute(HOSTILE_ROWS)
+        conn.execute("ANALYZE")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(HOSTILE_DDL)
+    m = migration(source_url=source, target_url=target)
+    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "existing")
+    code, output = run_cli(
+        [
+            "plan",
+            "--out",
+            str(m.plan_path),
+            "--split-above",
+            "100",
+            "--rows-per-partition",
+            "150",
+            "--min-partitions",
+            "3",
+        ]
+    )
+    assert code == 0, output
+    plan = load_plan(m.plan_path)
+    items = plan.table("My Schema.Order Items")
+    assert items.slicing.partitions > 1
+    assert not items.binary_safe, "composite and enum-array columns must go as text"
+    assert plan.table("select.blobs").binary_safe
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    assert_equal_databases(source, target, schemas=["My Schema", "select"])
+    with psycopg.connect(target) as conn:
+        size = conn.execute('SELECT octet_length(data) FROM "select".blobs WHERE id = 1')
+        assert size.fetchone() == (50 * 1024 * 1024,)
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+
+
+def test_the_readme_app_engine_works_through_the_pooler(
+    databases: Databases, stack: object
+) -> None:
+    """Runs the README's SQLAlchemy snippet, as documented, against the test pooler."""
+    from migration_assets.db.dsn import display_url, parse_dsn
+    from migration_assets.devstack.stack import DevStack
+
+    assert isinstance(stack, DevStack)
+    assert stack.pooler_url, "pgbouncer must be installed (apt-get install pgbouncer)"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(from sqlalchemy.ext.asyncio.*?)```", readme, re.S)
+    assert block, "the README must keep its app engine snippet"
+    namespace: dict[str, object] = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own doc
+    params = parse_dsn(stack.pooler_url)
+    for key in ("sslmode", "sslrootcert"):
+        params.pop(key)
+    url = display_url(params, mask=False).replace("postgresql://", "postgresql+psycopg://")
+
+    async def run() -> list[int]:
+        from sqlalchemy import text
+
+        engine = namespace["make_app_engine"](url, str(stack.ca_file))  # type: ignore[operator]
+        results = []
+        try:
+            for i in range(30):  # enough to cross psycopg's default prepare threshold
+                async with engine.connect() as conn:
+                    value = await conn.execute(text("SELECT CAST(:i AS int) + 1"), {"i": i})
+                    results.append(int(value.scalar_one()))
+        finally:
+            await engine.dispose()
+        return results
+
+    assert asyncio.run(run()) == [i + 1 for i in range(30)]
