@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     )
     migration_plan: Path | None = Field(default=None, alias="MIGRATION_PLAN")
     dagster_home: Path | None = Field(default=None, alias="DAGSTER_HOME")
+    migration_target_connections: int = Field(
+        default=4, ge=1, le=1000, alias="MIGRATION_TARGET_CONNECTIONS"
+    )  # most connections the migration may hold on the target at once (UI pool limit)
 
     @model_validator(mode="after")
     def _refuse_unsafe_targets(self) -> Self:
@@ -154,6 +157,7 @@ class Settings(BaseSettings):
         shown["MIGRATION_SCHEMA_MODE"] = self.migration_schema_mode.value
         shown["MIGRATION_PLAN"] = str(self.migration_plan or "")
         shown["DAGSTER_HOME"] = str(self.dagster_home or "")
+        shown["MIGRATION_TARGET_CONNECTIONS"] = str(self.migration_target_connections)
         return shown
 
     def export_environment(self) -> None:

@@ -82,6 +82,7 @@ def build_schema_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     @dg.asset(
         key=SCHEMA_KEY,
         group_name="schema",
+        pool=TARGET_POOL,
         kinds=KINDS,
         description=(
             "The target's schema, applied per MIGRATION_SCHEMA_MODE (alembic upgrade head by "
@@ -208,6 +209,7 @@ def build_schema_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
             ),
         ],
         can_subset=True,
+        pool=TARGET_POOL,
         name="supabase_schema__checks",
     )
     def schema_checks(
@@ -380,6 +382,7 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=SEQUENCES_KEY,
+        pool=TARGET_POOL,
         deps=[dg.AssetKey(t.asset_path) for t in plan.tables],
         group_name="sequences",
         kinds=KINDS,
@@ -416,6 +419,7 @@ def build_sequences_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=SEQUENCES_KEY,
         name=SEQUENCES_AHEAD,
+        pool=TARGET_POOL,
         description="Every sequence's next value is above its column's largest value.",
     )
     def sequences_ahead(target: TargetDatabase) -> dg.AssetCheckResult:

@@ -47,6 +47,11 @@ def build_assets(plan: MigrationPlan) -> list[dg.AssetsDefinition]:
 
 
 def build_definitions(plan: MigrationPlan) -> dg.Definitions:
+    # In-process: a step is one slice, so a subprocess per step (the default) would cost
+    # more than the copy and hold a pool slot while it starts.
     return dg.Definitions(
-        assets=build_assets(plan), asset_checks=build_checks(plan), resources=build_resources()
+        assets=build_assets(plan),
+        asset_checks=build_checks(plan),
+        resources=build_resources(),
+        executor=dg.in_process_executor,
     )

@@ -30,7 +30,7 @@ from migration_assets.devstack.binaries import (
 )
 from migration_assets.devstack.cluster import LOOPBACK, PostgresServer
 from migration_assets.devstack.pooler import PgBouncer, pgbouncer_binary
-from migration_assets.devstack.tls import make_ca, write_server_cert
+from migration_assets.devstack.tls import CertificateAuthority, make_ca, write_server_cert
 
 SOURCE_DB = "clinic"
 SOURCE_ROLE = "clinic"
@@ -64,6 +64,10 @@ CREATE SCHEMA storage AUTHORIZATION {superuser};
 CREATE TABLE storage.objects (id uuid PRIMARY KEY, name text);
 """
 
+# `concurrency` replaces the run coordinator's own limits (Dagster refuses both). Every step
+# in the `supabase_target` pool (table slices, schema, sequences) waits for one of
+# `default_limit` slots, so the target never sees more migration connections than that;
+# `granularity: op` holds a slot only while a step runs, not while its run waits in the queue.
 DAGSTER_YAML = """\
 # Written by migration_assets.devstack: run and check history on PostgreSQL.
 storage:
@@ -79,11 +83,36 @@ storage:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 4
+concurrency:
+  runs:
+    max_concurrent_runs: {max_runs}
+  pools:
+    default_limit: {target_connections}
+    granularity: op
 telemetry:
   enabled: false
+nux:
+  enabled: false
+# Steps log through the event log, never stdout; capturing stdout costs subprocesses per step.
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
 """
+DEFAULT_TARGET_CONNECTIONS = 4
+
+
+def dagster_yaml(*, port: int, db: str = DAGSTER_DB, target_connections: int) -> str:
+    """An instance on the stack's storage server whose pools allow `target_connections`."""
+    if target_connections < 1:
+        raise DevstackError("the target connection limit must be at least 1")
+    return DAGSTER_YAML.format(
+        user="dagster",
+        host=LOOPBACK,
+        db=db,
+        port=port,
+        max_runs=max(4, target_connections),
+        target_connections=target_connections,
+    )
 
 
 def _literal(value: str) -> str:
@@ -110,6 +139,8 @@ class DevStack:
     bouncer: PgBouncer | None = None
     passwords: dict[str, str] = field(default_factory=dict)
     pooler_pid: int | None = None  # of a pooler started by an earlier process
+    certificate_authority: CertificateAuthority | None = None  # in memory only
+    target_connections: int = DEFAULT_TARGET_CONNECTIONS  # the Dagster pool's limit
     _created_root: bool = False
 
     def __enter__(self) -> DevStack:
@@ -153,7 +184,7 @@ class DevStack:
         tls_dir = self.home / "tls"
         tls_dir.mkdir(exist_ok=True)
         tls_dir.chmod(0o755)
-        ca = make_ca()
+        ca = self.certificate_authority = make_ca()
         ca.write_cert(self.ca_file)
         write_server_cert(ca, tls_dir / "server.crt", tls_dir / "server.key")
         self.passwords = {n: secrets.token_urlsafe(18) for n in ("source", "target", "dagster")}
@@ -234,9 +265,7 @@ class DevStack:
         self.dagster_home.mkdir(exist_ok=True)
         self.dagster_home.chmod(0o700)
         (self.dagster_home / "dagster.yaml").write_text(
-            DAGSTER_YAML.format(
-                user="dagster", host=LOOPBACK, db=DAGSTER_DB, port=self.dagster.port
-            )
+            dagster_yaml(port=self.dagster.port, target_connections=self.target_connections)
         )
 
     def source_url_for(self, dbname: str) -> str:
@@ -355,7 +384,12 @@ class DevStack:
         for name in ("source", "target", "dagster"):
             if name in state:
                 server = PostgresServer(
-                    name, root, Path(state[name]["bin"]), stack.user, port=int(state[name]["port"])
+                    name,
+                    root,
+                    Path(state[name]["bin"]),
+                    stack.user,
+                    superuser=TARGET_SUPERUSER if name == "target" else "postgres",
+                    port=int(state[name]["port"]),
                 )
                 setattr(stack, name, server)
         stack.pooler_pid = state.get("pooler", {}).get("pid")

@@ -1,0 +1,756 @@
+"""The Dagster UI as the operator's console, driven in a real browser (headless Chromium).
+
+`migration-assets ui` serves a small migration (300 patients, several partitions per table) from
+its settings, as an operator would run it. The test clicks "Materialize all" on the asset graph
+and launches the backfill of every partition of every table, waits, and reads the outcome off
+the pages; then it breaks one slice on the target and sees `table_checksum` fail when re-run
+from the checks tab.
+
+The same backfill proves the connection limit (MIGRATION_TARGET_CONNECTIONS=2). A tiny
+migration finishes each slice in milliseconds, so on its own it would rarely need more than
+two connections and prove nothing; so, while the first table runs start, the test holds every
+target table locked: each slice that starts must then wait with its connection open, and
+Dagster's pool has to hold back the rest (we assert that it did: more work waited than the
+limit allowed). pg_stat_activity, sampled every 50 ms, must never show more than two.
+
+Screenshots go to test-artifacts/ui/ (asset graph, a table's partitions, its checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from migration_assets.db.session import connect
+from migration_assets.devstack.cluster import free_port
+from migration_assets.devstack.stack import DevStack, dagster_yaml
+from migration_assets.plan import MigrationPlan, build_plan, save_plan
+from migration_assets.ui import group_members, stop_process_group
+from migration_assets_tests.conftest import REPO_ROOT, Databases, unique
+from migration_assets_tests.helpers import run_cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
+LIMIT = 2  # MIGRATION_TARGET_CONNECTIONS for the backfill
+POOL = "supabase_target"
+MIGRATION_APP = "migration_assets"  # application_name of every migration connection
+TABLE = ("public", "patients")  # the table whose pages we read and whose slice we break
+# Text that means the page is not what an operator should see.
+ERROR_MARKERS = (
+    "failed to load",
+    "error occurred",
+    "something went wrong",
+    "could not load",
+    "unexpected graphql error",
+    "error loading",
+    "code location failed",
+)
+SETTINGS = (
+    "SOURCE_DATABASE_URL",
+    "SUPABASE_DB_URL",
+    "SUPABASE_POOLER_URL",
+    "SUPABASE_SSLROOTCERT",
+    "MIGRATION_SCHEMA_MODE",
+    "MIGRATION_PLAN",
+    "DAGSTER_HOME",
+    "DAGSTER_PG_PASSWORD",
+    "MIGRATION_TARGET_CONNECTIONS",
+)
+
+
+def _required(ok: bool, what: str) -> None:
+    """Locally a missing browser skips; in CI (MIGRATION_ASSETS_CI) it fails."""
+    if ok:
+        return
+    if os.environ.get("MIGRATION_ASSETS_CI"):
+        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
+    pytest.skip(f"{what} is not available")
+
+
+# ------------------------------------------------------------------ the ui process
+
+
+@dataclass
+class UiProcess:
+    """`migration-assets ui` in its own session, its output collected by a thread."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, args: list[str], env: dict[str, str], cwd: Path) -> UiProcess:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "migration_assets.cli", "ui", *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        started = cls(proc)
+        threading.Thread(target=started._read, daemon=True).start()
+        return started
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_url(self, timeout: float = 240.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"Dagster UI: (http://\S+)", self.output)
+            if match:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        self.kill()
+        pytest.fail(f"`migration-assets ui` did not serve:\n{self.output}")
+
+    def stop(self, signum: int, timeout: float = 90.0) -> int:
+        """What an operator does: Ctrl-C (SIGINT) or a supervisor's SIGTERM."""
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"`migration-assets ui` did not stop within {timeout:.0f}s:\n{self.output}")
+
+    def kill(self) -> None:
+        """For a failed test: SIGTERM (the command cleans up), then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def processes_referencing(text: str) -> list[str]:
+    """Live processes whose command line or environment mentions `text` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in cmdline or text.encode() in environ:
+            found.append(f"{entry.name}: {cmdline.replace(b'\0', b' ')[:120].decode()}")
+    return found
+
+
+def wait_until_gone(text: str, timeout: float = 30.0) -> list[str]:
+    """What still runs after `timeout`; that is killed, so no test leaves it behind."""
+    deadline = time.monotonic() + timeout
+    left = processes_referencing(text)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = processes_referencing(text)
+    for entry in left:
+        with contextlib.suppress(OSError):
+            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
+    return left
+
+
+def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reading results through Dagster's own API (launching is the page's job)."""
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(  # noqa: S310 - our own http URL
+        f"{url}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        payload: dict[str, Any] = json.loads(response.read())
+    assert "errors" not in payload, payload
+    data: dict[str, Any] = payload["data"]
+    return data
+
+
+# ------------------------------------------------------------------ the served migration
+
+
+@dataclass
+class Served:
+    url: str
+    ui: UiProcess
+    stack: DevStack
+    plan: MigrationPlan
+    target_url: str
+    target_db: str
+    dagster_db: str
+    home: Path
+
+    @property
+    def tables(self) -> list[tuple[str, str, int]]:
+        return [(t.schema_name, t.name, t.slicing.partitions) for t in self.plan.tables]
+
+
+def _small_plan(source_url: str, path: Path) -> MigrationPlan:
+    """Several partitions per table (tables under 100 rows keep one)."""
+    with connect(source_url, setting="SOURCE_DATABASE_URL") as conn:
+        plan = build_plan(
+            conn,
+            source_dsn=source_url,
+            rows_per_partition=1_000_000,
+            min_partitions=3,
+            split_above=100,
+        )
+    save_plan(plan, path)
+    return plan
+
+
+@pytest.fixture(scope="module")
+def served(
+    stack: DevStack, databases: Databases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """A migration as an operator configures it, served by `migration-assets ui`."""
+    assert stack.dagster is not None
+    work = tmp_path_factory.mktemp("ui")
+    source_url, target_db = databases.source(), unique("tgt_ui")
+    target_url = stack.create_target_database(target_db)
+    dagster_db = unique("dagster_ui")
+    stack.dagster.admin(f'CREATE DATABASE "{dagster_db}" OWNER dagster')
+    home = work / "dagster_home"
+    home.mkdir()
+    # The instance's own default is 4: the ui command must write the setting's 2 over it.
+    (home / "dagster.yaml").write_text(
+        dagster_yaml(port=stack.dagster.port, db=dagster_db, target_connections=4)
+    )
+    plan = _small_plan(source_url, work / "plan.json")
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env.update(
+        SOURCE_DATABASE_URL=source_url,
+        SUPABASE_DB_URL=target_url,
+        SUPABASE_SSLROOTCERT=str(stack.ca_file),
+        MIGRATION_PLAN=str(work / "plan.json"),
+        DAGSTER_HOME=str(home),
+        DAGSTER_PG_PASSWORD=stack.passwords["dagster"],
+        MIGRATION_TARGET_CONNECTIONS=str(LIMIT),
+    )
+    ui = UiProcess.start(["--port", str(free_port())], env, work)
+    try:
+        url = ui.wait_for_url()
+        yield Served(url, ui, stack, plan, target_url, target_db, dagster_db, home)
+    finally:
+        code = ui.stop(signal.SIGTERM) if ui.proc.poll() is None else ui.proc.returncode
+        left = wait_until_gone(str(home))
+        ui.kill()
+    assert code == 0, ui.output
+    assert not left, f"still running after SIGTERM: {left}"
+    for secret in stack.passwords.values():
+        assert secret not in ui.output, "a password was printed"
+
+
+@pytest.fixture(scope="module")
+def browser_page() -> Iterator[Any]:
+    _required(CHROMIUM.is_file(), f"Chromium at {CHROMIUM} (Debian package `chromium`)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _required(False, "the Python package `playwright`")
+        raise
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(30_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def assert_readable(page: Any) -> None:
+    """No error banner, no failed code location: what a screenshot must not show."""
+    text = page.inner_text("body").lower()
+    shown = [marker for marker in ERROR_MARKERS if marker in text]
+    assert not shown, f"the page shows {shown}"
+
+
+def screenshot(page: Any, name: str) -> None:
+    assert_readable(page)
+    page.screenshot(path=str(ARTIFACTS / name))
+
+
+# ------------------------------------------------------------------ sampling
+
+
+@dataclass
+class Sample:
+    connections: int  # migration connections open on the target
+    waiting_on_lock: int  # of those, how many wait for the test's table lock
+    claimed: int  # pool slots claimed in Dagster's storage
+    waiting: int  # steps waiting for a slot
+    queued_runs: int
+
+    @property
+    def limit_binding(self) -> bool:
+        """Both slots held by slices stuck with their connections open, more work waiting:
+        without the pool, that work would have connected too."""
+        return (
+            self.claimed >= LIMIT
+            and self.waiting_on_lock >= LIMIT
+            and bool(self.waiting or self.queued_runs)
+        )
+
+
+@dataclass
+class Sampler:
+    """Every ~50 ms: the target's pg_stat_activity and the pool in Dagster's storage."""
+
+    served: Served
+    samples: list[Sample] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: list[BaseException] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        stack = self.served.stack
+        assert stack.target is not None
+        assert stack.dagster is not None
+        try:
+            with (
+                psycopg.connect(
+                    stack.target.admin_conninfo(self.served.target_db), autocommit=True
+                ) as target,
+                psycopg.connect(
+                    stack.dagster.admin_conninfo(self.served.dagster_db), autocommit=True
+                ) as dagster,
+            ):
+                while not self.stop.is_set():
+                    self.samples.append(self._sample(target, dagster))
+                    time.sleep(0.05)
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            self.error.append(exc)
+
+    def _sample(self, target: psycopg.Connection[Any], dagster: psycopg.Connection[Any]) -> Sample:
+        conns = target.execute(
+            "SELECT count(*), count(*) FILTER (WHERE wait_event_type = 'Lock') "
+            "FROM pg_stat_activity WHERE datname = %s AND usename = 'postgres' "
+            "AND application_name = %s",
+            [self.served.target_db, MIGRATION_APP],
+        ).fetchone()
+        pool = dagster.execute(
+            "SELECT (SELECT count(*) FROM concurrency_slots WHERE concurrency_key = %(p)s "
+            "        AND run_id IS NOT NULL AND NOT deleted), "
+            "       (SELECT count(*) FROM pending_steps WHERE concurrency_key = %(p)s "
+            "        AND assigned_timestamp IS NULL), "
+            "       (SELECT count(*) FROM runs WHERE status = 'QUEUED')",
+            {"p": POOL},
+        ).fetchone()
+        assert conns is not None
+        assert pool is not None
+        return Sample(int(conns[0]), int(conns[1]), int(pool[0]), int(pool[1]), int(pool[2]))
+
+    def limit_was_binding(self) -> bool:
+        return any(s.limit_binding for s in self.samples[-40:])
+
+
+def hold_target_tables(served: Served, sampler: Sampler, timeout: float = 150.0) -> float:
+    """Lock every table once the schema run is over; release when the pool had to hold back
+    work (or at `timeout`). Returns the seconds the lock was held."""
+    stack = served.stack
+    assert stack.target is not None
+    _wait_for(lambda: _schema_run_finished(served.url), 120, "the schema step's run")
+    names = sql.SQL(", ").join(sql.Identifier(s, t) for s, t, _ in served.tables)
+    with psycopg.connect(stack.target.admin_conninfo(served.target_db)) as conn:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(names))
+        locked = time.monotonic()
+        deadline = locked + timeout
+        while not sampler.limit_was_binding() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.0)  # room for a connection the pool should not have allowed
+        conn.rollback()
+    return time.monotonic() - locked
+
+
+def _schema_run_finished(url: str) -> bool:
+    runs = graphql(url, "{ runsOrError { ... on Runs { results { status } } } }")
+    statuses = [r["status"] for r in runs["runsOrError"]["results"]]
+    return "SUCCESS" in statuses and not {"STARTING", "STARTED"} & set(statuses)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1.0)
+
+
+# ------------------------------------------------------------------ the backfill
+
+
+@dataclass
+class Backfill:
+    samples: list[Sample]
+    seconds: float
+    locked_seconds: float
+
+
+PARTITION_STATS = """
+{ assetNodes { assetKey { path }
+    partitionStats { numMaterialized numFailed numPartitions } } }
+"""
+
+
+def _partition_stats(url: str) -> dict[tuple[str, ...], dict[str, int]]:
+    nodes = graphql(url, PARTITION_STATS)["assetNodes"]
+    return {tuple(n["assetKey"]["path"]): n["partitionStats"] for n in nodes if n["partitionStats"]}
+
+
+def _all_partitions_in(served: Served) -> bool:
+    stats = _partition_stats(served.url)
+    failed = {k: v for k, v in stats.items() if v["numFailed"]}
+    assert not failed, f"partitions failed during the backfill: {failed}"
+    return all(stats.get((s, t), {}).get("numMaterialized") == n for s, t, n in served.tables)
+
+
+def launch_backfill_from_the_graph(page: Any, url: str) -> None:
+    """What an operator clicks: Materialize all, check the dialog, Launch backfill."""
+    page.goto(f"{url}/asset-groups")
+    page.get_by_role("button", name="Materialize all").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("All partitions").wait_for()
+    assert "Launch runs to materialize" in dialog.inner_text()
+    dialog.get_by_role("button", name="Launch backfill").click()
+    dialog.wait_for(state="hidden")
+
+
+@pytest.fixture(scope="module")
+def backfill(browser_page: Any, served: Served) -> Backfill:
+    page = browser_page
+    sampler = Sampler(served)
+    sampler.thread.start()
+    started = time.monotonic()
+    try:
+        launch_backfill_from_the_graph(page, served.url)
+        locked = hold_target_tables(served, sampler)
+        _wait_for(lambda: _all_partitions_in(served), 240, "every partition to materialize")
+    finally:
+        sampler.stop.set()
+        sampler.thread.join(timeout=10)
+    assert not sampler.error, sampler.error
+    return Backfill(sampler.samples, time.monotonic() - started, locked)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_the_asset_graph_loads_with_every_group(browser_page: Any, served: Served) -> None:
+    page = browser_page
+    page.goto(f"{served.url}/locations")
+    page.get_by_text("Loaded", exact=True).wait_for()
+    assert_readable(page)
+    page.goto(f"{served.url}/asset-groups")
+    page.get_by_role("button", name="Materialize all").wait_for()
+    groups = {"schema", "sequences"} | {f"tables_{s}" for s, _, _ in served.tables}
+    for group in sorted(groups):
+        page.get_by_text(group, exact=True).first.wait_for()
+    assert_readable(page)
+
+
+def test_a_backfill_launched_from_the_ui_materializes_every_partition(
+    served: Served, browser_page: Any, backfill: Backfill
+) -> None:
+    page = browser_page
+    print(f"backfill: {backfill.seconds:.0f}s, tables locked {backfill.locked_seconds:.0f}s")
+    page.goto(f"{served.url}/assets")
+    for schema, name, partitions in served.tables:
+        assert _catalog_status(page, f"{schema} / {name}", partitions) == {
+            "partition_success": "All",
+            "partition_missing": "0",
+            "partition_failure": "0",
+        }, f"{schema}.{name}"
+    assert_readable(page)
+    _assert_slice_checks_passed(served)
+    _screenshot_partitions(page, served)
+
+
+def _catalog_status(page: Any, asset: str, partitions: int) -> dict[str, str]:
+    """The catalog's status cell of one asset: materialized (All), missing, failed."""
+    row = page.locator("div[style*='grid-template-columns']").filter(
+        has=page.get_by_text(asset, exact=True)
+    )
+    plural = "partition" if partitions == 1 else "partitions"
+    row.get_by_text(f"{partitions} {plural}", exact=True).wait_for()
+    return {
+        label: row.locator(f"[aria-label={label}]").first.locator("xpath=..").inner_text().strip()
+        for label in ("partition_success", "partition_missing", "partition_failure")
+    }
+
+
+def _assert_slice_checks_passed(served: Served) -> None:
+    """Every partition's latest slice checks passed (read through Dagster's GraphQL)."""
+    query = """query($key: AssetKeyInput!, $check: String!) {
+      assetCheckExecutions(assetKey: $key, checkName: $check, limit: 200) {
+        partition status timestamp } }"""
+    for schema, name, partitions in served.tables:
+        for check in ("slice_row_count", "slice_checksum"):
+            runs = graphql(served.url, query, {"key": {"path": [schema, name]}, "check": check})[
+                "assetCheckExecutions"
+            ]
+            latest: dict[str, str] = {}
+            for execution in sorted(runs, key=lambda e: e["timestamp"]):
+                latest[execution["partition"]] = execution["status"]
+            assert len(latest) == partitions, (schema, name, check, latest)
+            assert set(latest.values()) == {"SUCCEEDED"}, (schema, name, check, latest)
+
+
+def _screenshot_partitions(page: Any, served: Served) -> None:
+    partitions = next(n for s, t, n in served.tables if (s, t) == TABLE)
+    page.goto(f"{served.url}/assets/{TABLE[0]}/{TABLE[1]}?view=partitions")
+    page.get_by_text(f"Materialized ({partitions})").wait_for()
+    text = page.inner_text("body")
+    assert "Failed (0)" in text
+    assert "Missing (0)" in text
+    page.get_by_text("001", exact=True).first.click()
+    page.get_by_text("rows_per_second").first.wait_for()
+    screenshot(page, "partitions.png")
+
+
+def test_a_backfill_never_opens_more_connections_than_the_limit(
+    served: Served, backfill: Backfill
+) -> None:
+    pools = graphql(served.url, "{ instance { concurrencyLimits { concurrencyKey slotCount } } }")
+    # The instance's dagster.yaml said 4; MIGRATION_TARGET_CONNECTIONS won.
+    assert {"concurrencyKey": POOL, "slotCount": LIMIT} in pools["instance"]["concurrencyLimits"]
+    samples = backfill.samples
+    assert len(samples) > 100, "the sampler barely ran"
+    peak = max(s.connections for s in samples)
+    print(f"{len(samples)} samples; peak {peak} migration connections (limit {LIMIT})")
+    assert peak <= LIMIT, [s for s in samples if s.connections > LIMIT][:5]
+    assert max(s.claimed for s in samples) <= LIMIT
+    # Not vacuous: at some moment the pool had to hold work back.
+    assert any(s.limit_binding for s in samples), "the limit never mattered: nothing proved"
+
+
+RUNNING = {"In Progress", "Queued", "Running"}
+# In the checks tab's list each check is a titled name followed by its status.
+CHECK_NAMES = "(spans) => spans.map((s) => s.previousElementSibling.getAttribute('title'))"
+
+
+def _check_status(page: Any, check: str) -> str:
+    """The status shown under a check's name in the checks tab's list."""
+    status: str = page.locator(f'div[title="{check}"] + span').first.inner_text()
+    return status.strip()
+
+
+def _run_checks_and_wait(page: Any, button: Any, checks: list[str]) -> dict[str, str]:
+    """Click, see the checks start (the page says so at once), then wait for their results."""
+    button.click()
+    statuses = {c: _check_status(page, c) for c in checks}
+    deadline = time.monotonic() + 30
+    while not RUNNING & set(statuses.values()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the checks did not start: {statuses}")
+        page.wait_for_timeout(250)
+        statuses = {c: _check_status(page, c) for c in checks}
+    deadline = time.monotonic() + 150
+    while RUNNING & set(statuses.values()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the checks did not finish: {statuses}")
+        page.wait_for_timeout(1000)
+        statuses = {c: _check_status(page, c) for c in checks}
+    return statuses
+
+
+def test_checks_pass_then_a_broken_slice_fails_table_checksum(
+    served: Served, browser_page: Any, backfill: Backfill
+) -> None:
+    page = browser_page
+    page.goto(f"{served.url}/assets/{TABLE[0]}/{TABLE[1]}?view=checks")
+    page.get_by_text("table_checksum", exact=True).first.wait_for()
+    listed = re.search(r"Checks \((\d+)\)", page.inner_text("body"))
+    assert listed, page.inner_text("body")
+    checks = sorted(set(page.locator("div[title] + span").evaluate_all(CHECK_NAMES)))
+    assert {"table_checksum", "slice_checksum", "slice_row_count"} <= set(checks), checks
+    assert len(checks) == int(listed.group(1)), checks
+    before_break = _run_checks_and_wait(
+        page, page.get_by_role("button", name="Execute all"), checks
+    )
+    assert set(before_break.values()) == {"Succeeded"}, before_break
+    screenshot(page, "checks.png")
+
+    _break_one_row(served)
+    page.get_by_text("table_checksum", exact=True).first.click()
+    page.get_by_text("Latest execution").first.wait_for()
+    execute = page.locator("button").filter(has_text=re.compile(r"^\s*Execute\s*$"))
+    after = _run_checks_and_wait(page, execute, ["table_checksum"])
+    assert after == {"table_checksum": "Failed"}, after
+    assert _check_status(page, "table_row_count") == "Succeeded"  # same count, other bytes
+    # The check names the slice: the edited row has the smallest key, so slice 000.
+    page.get_by_text("differing_slices").first.wait_for()
+    assert re.search(r"differing_slices\s+000\b", page.inner_text("body"))
+    screenshot(page, "checks-failed.png")
+
+
+def _break_one_row(served: Served) -> None:
+    """One row edited behind the migration's back, as the target's `postgres` role."""
+    with psycopg.connect(served.target_url) as conn:
+        updated = conn.execute(
+            "UPDATE public.patients SET given_name = given_name || ' (edited)' "
+            "WHERE id = (SELECT id FROM public.patients ORDER BY id LIMIT 1)"
+        ).rowcount
+        conn.commit()
+    assert updated == 1
+
+
+BACKFILLS = "{ partitionBackfillsOrError { ... on PartitionBackfills { results { status } } } }"
+DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def _backfill_status(url: str) -> str:
+    results = graphql(url, BACKFILLS)["partitionBackfillsOrError"]["results"]
+    assert len(results) == 1, results
+    return str(results[0]["status"])
+
+
+def test_the_backfill_completes_and_the_asset_graph_shows_it(
+    served: Served, browser_page: Any, backfill: Backfill
+) -> None:
+    """Sequences and the audit report follow the tables; then the whole graph is drawn."""
+    _wait_for(lambda: _backfill_status(served.url) in DONE, 180, "the backfill to complete")
+    assert _backfill_status(served.url) == "COMPLETED_SUCCESS"
+    page = browser_page
+    page.set_viewport_size({"width": 1600, "height": 2000})  # tall enough to draw every asset
+    try:
+        page.goto(f"{served.url}/asset-groups")
+        page.get_by_role("button", name="Materialize all").wait_for()
+        hide = page.get_by_text("Hide navigation")
+        if hide.is_visible():
+            hide.click()
+        page.mouse.click(1500, 1900)  # focus the canvas for the shortcut
+        page.keyboard.press("Alt+e")  # expand every group
+        page.get_by_text("supabase_sequences", exact=True).first.wait_for()
+        page.wait_for_timeout(1000)
+        text = page.inner_text("body")
+        assert text.count("100% filled") == len(served.tables), text
+        screenshot(page, "asset-graph.png")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+
+
+# ------------------------------------------------------------------ demo mode
+
+
+def test_ui_demo_mode_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env["MIGRATION_TARGET_CONNECTIONS"] = "3"
+    port = free_port()
+    ui = UiProcess.start(["--demo", "--patients", "50", "--port", str(port)], env, tmp_path)
+    try:
+        url = ui.wait_for_url()
+        home = re.search(r"DAGSTER_HOME\s*│\s*(\S+)", ui.output)
+        assert home, ui.output
+        root = Path(home.group(1)).parent
+        pools = graphql(url, "{ instance { concurrencyLimits { concurrencyKey slotCount } } }")[
+            "instance"
+        ]["concurrencyLimits"]
+        assert {"concurrencyKey": POOL, "slotCount": 3} in pools
+        secrets = (root / "stack.env").read_text()
+        assert processes_referencing(str(root)), "nothing of the stack was found running"
+        code = ui.stop(signal.SIGINT)
+    finally:
+        ui.kill()
+    assert code == 0, ui.output
+    for line in secrets.splitlines():
+        if "PASSWORD" in line:
+            assert line.split("=", 1)[1].strip("'") not in ui.output
+    assert "***" in ui.output  # connection strings are shown, masked
+    assert not wait_until_gone(str(root)), "left running after Ctrl-C"
+    assert not root.exists()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/server_info", timeout=2)  # noqa: S310
+
+
+# ------------------------------------------------------------------ refusals, stopping
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SOURCE_DATABASE_URL": "postgresql://u@127.0.0.1:5/db"}, "SUPABASE_DB_URL"),
+        ({"MIGRATION_TARGET_CONNECTIONS": "0"}, "MIGRATION_TARGET_CONNECTIONS"),
+    ],
+)
+def test_ui_refuses_settings_it_cannot_serve(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """Half a configuration is a mistake to name, not a reason to serve a demo instead."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, output = run_cli(["ui", "--port", str(free_port())])
+    assert code == 2
+    assert expected in output
+
+
+def test_ui_refuses_a_port_in_use(isolated_cwd: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, output = run_cli(["ui", "--demo", "--port", str(busy.getsockname()[1])])
+    assert code == 2
+    assert "in use" in output
+    assert "starting a throwaway stack" not in output  # refused before starting anything
+
+
+def test_a_process_group_that_ignores_sigterm_is_killed() -> None:
+    """What `ui` does to dagster dev when it does not stop in time."""
+    stubborn = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while len(group_members(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(group_members(proc.pid)) == 2
+    started = time.monotonic()
+    assert stop_process_group(proc, timeout=1.0) == 2
+    assert time.monotonic() - started < 10
+    assert group_members(proc.pid) == []
