@@ -248,6 +248,10 @@ def _print_migrate(report: MigrateReport) -> int:
         f"{report.seconds:.1f}s"
     )
     out.print("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
+    if report.deferred_indexes:
+        out.print(f"  {report.deferred_indexes} secondary index(es) were built after the load")
+    if report.index_message:
+        out.print(f"[yellow]{report.index_message}[/]", soft_wrap=True)
     if report.aborted:
         not_run = report.total_partitions - report.skipped_partitions - len(report.outcomes)
         out.print(

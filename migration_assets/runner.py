@@ -16,6 +16,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,7 +30,15 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from migration_assets.db.copy import LOCK_NAMESPACE
-from migration_assets.db.errors import MigrationError
+from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.db.indexes import (
+    Deferred,
+    defer_indexes,
+    drop_state_if_empty,
+    is_empty,
+    recorded,
+    restore_index,
+)
 from migration_assets.db.session import Connection
 from migration_assets.defs.assets import (
     SCHEMA_KEY,
@@ -84,6 +93,8 @@ class MigrateReport:
     schema_ok: bool = False
     schema_message: str = ""
     sequences_message: str = ""
+    deferred_indexes: int = 0
+    index_message: str = ""
     outcomes: list[Outcome] = field(default_factory=list)
     skipped_partitions: int = 0
     total_partitions: int = 0
@@ -206,6 +217,42 @@ class Runner:
             raise MigrationError(
                 "nothing was written; fix these first:\n" + "\n".join(f"  - {p}" for p in problems)
             )
+
+    def defer_cold_indexes(self, tasks: list[Task]) -> list[Deferred]:
+        """Tables loaded from empty in this run, and big enough to matter, lose their plain
+        indexes until the end of the run (recorded on the target first)."""
+        threshold = self.settings.migration_defer_indexes_above
+        if threshold < 0:
+            return []
+        queued: dict[str, int] = {}
+        for task in tasks:
+            queued[task.table] = queued.get(task.table, 0) + 1
+        candidates = [
+            t
+            for t in self.plan.tables
+            if queued.get(t.qualified) == t.slicing.partitions and t.row_estimate >= threshold
+        ]
+        with self.target.connect() as conn:
+            cold = [
+                (t.schema_name, t.name) for t in candidates if is_empty(conn, t.schema_name, t.name)
+            ]
+            return defer_indexes(conn, cold)
+
+    def restore_deferred_indexes(self, parallel: int = 1) -> int:
+        """Rebuild every recorded index (ours, or a killed run's), several at a time."""
+        with self.target.connect() as conn:
+            pending = recorded(conn)
+        if pending:
+
+            def restore(index: Deferred) -> None:
+                with self.target.connect() as conn:
+                    restore_index(conn, index)
+
+            with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+                list(pool.map(restore, pending))
+        with self.target.connect() as conn:
+            drop_state_if_empty(conn)
+        return len(pending)
 
     def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
         """Every separately executable check (or those of `tables`), in one recorded run."""
@@ -521,8 +568,6 @@ def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any
         try:
             outcome = runner.run_partition(task)
         except Exception as exc:  # never let one slice take the worker down
-            from migration_assets.db.errors import safe_message
-
             outcome = Outcome(task, False, 0, 0.0, safe_message(exc))
         done.put(outcome)
 
@@ -546,6 +591,7 @@ def migrate(
         with report.phase("preflight"):
             runner.preflight()
             runner.reap_orphans()
+            runner.restore_deferred_indexes()  # a killed run's, before the schema is compared
             tasks, report.skipped_partitions = runner.todo(force=force)
         pool = None
         if workers > 1 and (len(tasks) > 1 or resync):
@@ -569,8 +615,14 @@ def migrate(
                         tasks.append(Task(table, pk))
                         report.skipped_partitions -= 1
         on_start(len(tasks), report.skipped_partitions)
-        with report.phase("partitions"):
-            report.outcomes, report.aborted = run_tasks(runner, tasks, pool, on_done)
+        with report.phase("defer indexes"):
+            report.deferred_indexes = len(runner.defer_cold_indexes(tasks))
+        try:
+            with report.phase("partitions"):
+                report.outcomes, report.aborted = run_tasks(runner, tasks, pool, on_done)
+        finally:
+            with report.phase("rebuild indexes"):
+                _rebuild(runner, report, workers)
         if not report.failed and not report.aborted:
             with report.phase("sequences"):
                 sequences = runner.materialize(dg.AssetSelection.assets(SEQUENCES_KEY))
@@ -579,6 +631,18 @@ def migrate(
                 report.sequences_message = _schema_failure(sequences)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _rebuild(runner: Runner, report: MigrateReport, workers: int) -> None:
+    """Always put deferred indexes back; if the target is gone, the next run will."""
+    try:
+        runner.restore_deferred_indexes(parallel=workers)
+    except (MigrationError, psycopg.Error) as exc:
+        why = str(exc) if isinstance(exc, MigrationError) else safe_message(exc)
+        report.index_message = (
+            "deferred indexes could not be rebuilt now; the next `migration-assets migrate` "
+            f"rebuilds them first. [{why}]"
+        )
 
 
 def _schema_failure(result: dg.ExecuteInProcessResult) -> str:

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     migration_target_connections: int = Field(
         default=4, ge=1, le=1000, alias="MIGRATION_TARGET_CONNECTIONS"
     )  # most connections the migration may hold on the target at once (UI pool limit)
+    migration_defer_indexes_above: int = Field(
+        default=100_000, alias="MIGRATION_DEFER_INDEXES_ABOVE"
+    )  # cold tables with at least this many rows load without secondary indexes; -1: never
 
     @model_validator(mode="after")
     def _refuse_unsafe_targets(self) -> Self:

@@ -98,6 +98,41 @@ def test_runner_killed_during_a_slice(
     _finish(m)
 
 
+def test_a_run_killed_while_indexes_are_deferred_gets_them_back(
+    migration: MigrationFactory,
+    stack: DevStack,
+    isolated_cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MIGRATION_DEFER_INDEXES_ABOVE", "1")
+    m = migration()
+    _prepare(m)
+    proc = _start(m, isolated_cwd, env={"MIGRATION_DEFER_INDEXES_ABOVE": "1"})
+    assert stack.target is not None
+    wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    with psycopg.connect(m.target_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM migration_assets_state.deferred_indexes"
+        ).fetchone()
+        present = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'observations_encounter_id_idx'"
+        ).fetchone()
+    assert left is not None
+    assert left[0] > 0, "the dropped indexes must be on record"
+    assert present == (0,)
+    _finish(m)
+    with psycopg.connect(m.target_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'observations_encounter_id_idx'"
+        ).fetchone() == (1,)
+        assert conn.execute("SELECT to_regnamespace('migration_assets_state')").fetchone() == (
+            None,
+        )
+    assert run_cli(["verify"])[0] == 0
+
+
 def test_two_migrates_at_once_the_second_refuses(
     migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
 ) -> None:

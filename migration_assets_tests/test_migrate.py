@@ -320,3 +320,28 @@ def test_cross_version_copy_uses_text_format(
         assert event.asset_materialization is not None
         fmt = event.asset_materialization.metadata["copy_format"]
         assert getattr(fmt, "value", fmt) == "text"
+
+
+def _index_definitions(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname IN ('public', 'reference')"
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def test_a_cold_load_builds_secondary_indexes_once_after(
+    migration: MigrationFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGRATION_DEFER_INDEXES_ABOVE", "1")
+    m = migration()
+    _plan(m)
+    code, output = _migrate()
+    assert code == 0, output
+    assert "secondary index(es) were built after the load" in output
+    assert _index_definitions(m.target_url) == _index_definitions(m.source_url)
+    with psycopg.connect(m.target_url) as conn:
+        state = conn.execute("SELECT to_regnamespace('migration_assets_state')").fetchone()
+    assert state == (None,), "nothing of ours may stay behind on the target"
+    assert run_cli(["verify"])[0] == 0
+    assert_equal_databases(m.source_url, m.target_url)

@@ -31,6 +31,7 @@ SUPABASE_SCHEMAS = frozenset(
         "pgbouncer",
         "_realtime",
         "_analytics",
+        "migration_assets_state",  # ours, on a target, while indexes are deferred
     }
 )
 EXCLUDED_SCHEMAS = SYSTEM_SCHEMAS | SUPABASE_SCHEMAS
