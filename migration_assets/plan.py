@@ -169,6 +169,8 @@ class MigrationPlan(_Model):
     skipped: dict[str, str] = Field(default_factory=dict)
     security: SecurityPlan = Field(default_factory=SecurityPlan)
     app_queries: list[AppQuery] = Field(default_factory=list)
+    # shown in the UI on every asset; Dagster wants e-mail addresses or "team:<name>"
+    owners: list[str] = Field(default_factory=lambda: ["team:data-platform"])
 
     @property
     def schemas(self) -> list[str]:

@@ -84,6 +84,7 @@ def build_schema_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         group_name="schema",
         pool=TARGET_POOL,
         kinds=KINDS,
+        owners=plan.owners,
         description=(
             "The target's schema, applied per MIGRATION_SCHEMA_MODE (alembic upgrade head by "
             "default) over the direct connection, then locked down for the Data API (RLS on, "
@@ -277,7 +278,7 @@ def _column_schema(table: TablePlan) -> dg.TableSchema:
     )
 
 
-def build_table_asset(*, table: TablePlan) -> dg.AssetsDefinition:
+def build_table_asset(*, table: TablePlan, owners: list[str] | None = None) -> dg.AssetsDefinition:
     key = dg.AssetKey(table.asset_path)
     partitions = dg.StaticPartitionsDefinition(table.partition_keys)
     checks = [
@@ -305,6 +306,7 @@ def build_table_asset(*, table: TablePlan) -> dg.AssetsDefinition:
         deps=[SCHEMA_KEY],
         group_name=f"tables_{dagster_name(table.schema_name)}",
         kinds=KINDS,
+        owners=owners,
         description=table_description(table),
         check_specs=checks,
         pool=TARGET_POOL,
@@ -386,6 +388,7 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(t.asset_path) for t in plan.tables],
         group_name="sequences",
         kinds=KINDS,
+        owners=plan.owners,
         description=(
             f"Sets {len(every)} target sequence(s) to the source's values after the data is "
             "in (never at or below a column's max), so the application's next INSERT does not "

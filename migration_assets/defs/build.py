@@ -37,7 +37,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:  # type: ignore[typ
 def build_assets(plan: MigrationPlan) -> list[dg.AssetsDefinition]:
     from migration_assets.defs.report import build_report_asset
 
-    tables = [build_table_asset(table=t) for t in plan.tables]
+    tables = [build_table_asset(table=t, owners=plan.owners) for t in plan.tables]
     return [
         build_schema_asset(plan),
         *tables,

@@ -206,6 +206,7 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         deps=[SEQUENCES_KEY, SCHEMA_KEY],
         group_name="audit",
         kinds=KINDS,
+        owners=plan.owners,
         description=(
             "The audit report: every table's and partition's last verified counts and "
             "checksums, every check with its run id and time, Alembic revisions, TLS evidence, "
