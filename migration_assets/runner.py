@@ -598,22 +598,13 @@ def migrate(
             pool = WorkerPool(runner.plan_path, workers)
             stack.callback(pool.close)
         with report.phase("schema"):
-            schema = runner.materialize(dg.AssetSelection.assets(SCHEMA_KEY))
-        report.schema_ok = schema.success and not blocking_failures(schema)
+            report.schema_ok, report.schema_message = _step(runner, SCHEMA_KEY)
         if not report.schema_ok:
-            report.schema_message = _schema_failure(schema)
             report.seconds = time.perf_counter() - started
             return report
         if resync and not force:
             with report.phase("resync checksums"):
-                differing = runner.differing_slices()
-            report.differing_slices = sum(len(v) for v in differing.values())
-            queued = {(t.table, t.partition) for t in tasks}
-            for table, pks in differing.items():
-                for pk in pks:
-                    if (table, pk) not in queued:
-                        tasks.append(Task(table, pk))
-                        report.skipped_partitions -= 1
+                _add_differing(runner, tasks, report)
         on_start(len(tasks), report.skipped_partitions)
         with report.phase("defer indexes"):
             report.deferred_indexes = len(runner.defer_cold_indexes(tasks))
@@ -625,12 +616,28 @@ def migrate(
                 _rebuild(runner, report, workers)
         if not report.failed and not report.aborted:
             with report.phase("sequences"):
-                sequences = runner.materialize(dg.AssetSelection.assets(SEQUENCES_KEY))
-            report.sequences_ok = sequences.success and not blocking_failures(sequences)
-            if not report.sequences_ok:
-                report.sequences_message = _schema_failure(sequences)
+                report.sequences_ok, report.sequences_message = _step(runner, SEQUENCES_KEY)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _step(runner: Runner, key: dg.AssetKey) -> tuple[bool, str]:
+    """Materialize one unpartitioned asset with its checks: (verified, what failed)."""
+    result = runner.materialize(dg.AssetSelection.assets(key))
+    ok = result.success and not blocking_failures(result)
+    return ok, "" if ok else _check_failures(result)
+
+
+def _add_differing(runner: Runner, tasks: list[Task], report: MigrateReport) -> None:
+    """--resync: queue every slice whose checksums differ now, whatever its status says."""
+    differing = runner.differing_slices()
+    report.differing_slices = sum(len(v) for v in differing.values())
+    queued = {(t.table, t.partition) for t in tasks}
+    for table, pks in differing.items():
+        for pk in pks:
+            if (table, pk) not in queued:
+                tasks.append(Task(table, pk))
+                report.skipped_partitions -= 1
 
 
 def _rebuild(runner: Runner, report: MigrateReport, workers: int) -> None:
@@ -645,7 +652,7 @@ def _rebuild(runner: Runner, report: MigrateReport, workers: int) -> None:
         )
 
 
-def _schema_failure(result: dg.ExecuteInProcessResult) -> str:
+def _check_failures(result: dg.ExecuteInProcessResult) -> str:
     """The failed checks of a run, each with what its metadata says went wrong."""
     lines = []
     for evaluation in blocking_failures(result):

@@ -177,6 +177,11 @@ class Settings(BaseSettings):
         os.environ["MIGRATION_SCHEMA_MODE"] = self.migration_schema_mode.value
 
 
+SETTING_NAMES: tuple[str, ...] = tuple(
+    str(field.alias) for field in Settings.model_fields.values() if field.alias
+)  # every name users may set, for tools and tests that must clear or pass them all
+
+
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Settings, or a SettingsError whose lines a tired operator can act on."""
     try:

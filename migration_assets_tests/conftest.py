@@ -20,6 +20,7 @@ from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.devstack.seed import seed
 from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
+from migration_assets.settings import SETTING_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
@@ -78,15 +79,7 @@ def databases(stack: DevStack, seeded_template: str) -> Databases:
 def isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No developer's .env can leak into a test."""
     monkeypatch.chdir(tmp_path)
-    for name in (
-        "SOURCE_DATABASE_URL",
-        "SUPABASE_DB_URL",
-        "SUPABASE_POOLER_URL",
-        "SUPABASE_SSLROOTCERT",
-        "MIGRATION_SCHEMA_MODE",
-        "MIGRATION_PLAN",
-        "DAGSTER_HOME",
-    ):
+    for name in SETTING_NAMES:
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 

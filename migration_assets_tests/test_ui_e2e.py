@@ -43,6 +43,7 @@ from migration_assets.db.session import connect
 from migration_assets.devstack.cluster import free_port
 from migration_assets.devstack.stack import DevStack, dagster_yaml
 from migration_assets.plan import MigrationPlan, build_plan, save_plan
+from migration_assets.settings import SETTING_NAMES
 from migration_assets.ui import group_members, stop_process_group
 from migration_assets_tests.conftest import REPO_ROOT, Databases, unique
 from migration_assets_tests.helpers import run_cli
@@ -73,17 +74,7 @@ ERROR_MARKERS = (
     "error loading",
     "code location failed",
 )
-SETTINGS = (
-    "SOURCE_DATABASE_URL",
-    "SUPABASE_DB_URL",
-    "SUPABASE_POOLER_URL",
-    "SUPABASE_SSLROOTCERT",
-    "MIGRATION_SCHEMA_MODE",
-    "MIGRATION_PLAN",
-    "DAGSTER_HOME",
-    "DAGSTER_PG_PASSWORD",
-    "MIGRATION_TARGET_CONNECTIONS",
-)
+SETTINGS = (*SETTING_NAMES, "DAGSTER_PG_PASSWORD")
 
 
 def _required(ok: bool, what: str) -> None:

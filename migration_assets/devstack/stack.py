@@ -278,17 +278,21 @@ class DevStack:
             dbname=dbname,
         )
 
-    def target_url_for(self, dbname: str) -> str:
-        assert self.target is not None
+    def _as_migration_role(self, port: int, dbname: str) -> str:
+        """The target's `postgres` role over TLS verify-full, at a server or the pooler."""
         return _url(
             user=TARGET_ROLE,
             password=self.passwords["target"],
             host=LOOPBACK,
-            port=self.target.port,
+            port=port,
             dbname=dbname,
             sslmode="verify-full",
             sslrootcert=str(self.ca_file),
         )
+
+    def target_url_for(self, dbname: str) -> str:
+        assert self.target is not None
+        return self._as_migration_role(self.target.port, dbname)
 
     @property
     def source_url(self) -> str:
@@ -302,15 +306,7 @@ class DevStack:
     def pooler_url(self) -> str | None:
         if self.bouncer is None:
             return None
-        return _url(
-            user=TARGET_ROLE,
-            password=self.passwords["target"],
-            host=LOOPBACK,
-            port=self.bouncer.port,
-            dbname=TARGET_DB,
-            sslmode="verify-full",
-            sslrootcert=str(self.ca_file),
-        )
+        return self._as_migration_role(self.bouncer.port, TARGET_DB)
 
     @property
     def dagster_url(self) -> str:
