@@ -343,8 +343,9 @@ def print_checks(result: dg.ExecuteInProcessResult) -> int:
 
 
 def _value(metadata: dict[str, object], key: str) -> str:
-    raw = metadata.get(key)
-    return str(getattr(raw, "value", raw)) if raw is not None else ""
+    from migration_assets.defs.history import meta_text
+
+    return meta_text(metadata, key)
 
 
 def _detail(name: str, metadata: dict[str, object]) -> str:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.db.session import Connection, connect
+from migration_assets.defs.history import meta_text
 from migration_assets.devstack.seed import seed as seed_database
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import AppQuery, MigrationPlan, build_plan, save_plan
@@ -106,7 +107,7 @@ def run_demo(
             audit = runner.write_report(stack.home / "audit")
         if audit.success:
             event = audit.get_asset_materialization_events()[0].materialization
-            console.print(f"  audit report: {getattr(event.metadata['markdown'], 'value', '')}")
+            console.print(f"  audit report: {meta_text(event.metadata, 'markdown')}")
         _print_timings(timings, console)
         if keep:
             env_file = stack.write_env_file()

@@ -47,7 +47,7 @@ from migration_assets.defs.assets import (
     SLICE_ROW_COUNT,
 )
 from migration_assets.defs.build import build_definitions, build_resources
-from migration_assets.defs.history import latest_materializations
+from migration_assets.defs.history import latest_materializations, meta_text
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import MigrationPlan, TablePlan, load_plan
 from migration_assets.settings import Settings
@@ -197,8 +197,7 @@ class Runner:
         result = self.materialize(partition_selection(table), task.partition)
         rows = 0
         for event in result.get_asset_materialization_events():
-            value = event.materialization.metadata.get("rows")
-            rows += int(getattr(value, "value", 0) or 0)
+            rows += int(meta_text(event.materialization.metadata, "rows", "0"))
         message = "" if result.success else _failure_message(result)
         return Outcome(
             task, result.success, rows, time.perf_counter() - started, message, result.run_id
@@ -292,8 +291,8 @@ class Runner:
         stale = set()
         for pk, record in latest.items():
             assert record.asset_materialization is not None
-            value = record.asset_materialization.metadata.get("slice_fingerprint")
-            if str(getattr(value, "value", "")) != table.slice(pk).fingerprint:
+            metadata = record.asset_materialization.metadata
+            if meta_text(metadata, "slice_fingerprint") != table.slice(pk).fingerprint:
                 stale.add(pk)
         return stale
 
@@ -658,7 +657,7 @@ def _check_failures(result: dg.ExecuteInProcessResult) -> str:
     for evaluation in blocking_failures(result):
         meta = evaluation.metadata
         text = "\n".join(
-            str(getattr(meta[key], "value", meta[key]))
+            meta_text(meta, key)
             for key in ("details", "behind", "queries", "error", "fix")
             if key in meta
         )

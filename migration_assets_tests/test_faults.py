@@ -69,14 +69,22 @@ def _dbname(url: str) -> str:
     return parse_dsn(url)["dbname"]
 
 
+def _start_mid_copy(
+    m: Migration, stack: DevStack, cwd: Path, **env: str
+) -> tuple[subprocess.Popen[str], int]:
+    """A migrate that is inside a COPY into the target: (process, that backend's pid)."""
+    proc = _start(m, cwd, env=env or None)
+    assert stack.target is not None
+    return proc, wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+
+
 def test_target_backend_terminated_mid_copy(
     migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
 ) -> None:
     m = migration()
     _prepare(m)
-    proc = _start(m, isolated_cwd)
+    proc, pid = _start_mid_copy(m, stack, isolated_cwd)
     assert stack.target is not None
-    pid = wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
     stack.target.admin(f"SELECT pg_terminate_backend({pid})")
     code, output = _output(proc)
     assert code == 1, output
@@ -90,9 +98,7 @@ def test_runner_killed_during_a_slice(
 ) -> None:
     m = migration()
     _prepare(m)
-    proc = _start(m, isolated_cwd)
-    assert stack.target is not None
-    wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    proc, _ = _start_mid_copy(m, stack, isolated_cwd)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     _finish(m)
@@ -107,9 +113,7 @@ def test_a_run_killed_while_indexes_are_deferred_gets_them_back(
     monkeypatch.setenv("MIGRATION_DEFER_INDEXES_ABOVE", "1")
     m = migration()
     _prepare(m)
-    proc = _start(m, isolated_cwd, env={"MIGRATION_DEFER_INDEXES_ABOVE": "1"})
-    assert stack.target is not None
-    wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    proc, _ = _start_mid_copy(m, stack, isolated_cwd, MIGRATION_DEFER_INDEXES_ABOVE="1")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     with psycopg.connect(m.target_url) as conn:
@@ -138,9 +142,7 @@ def test_two_migrates_at_once_the_second_refuses(
 ) -> None:
     m = migration()
     _prepare(m, slow=0.001)
-    first = _start(m, isolated_cwd)
-    assert stack.target is not None
-    wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    first, _ = _start_mid_copy(m, stack, isolated_cwd)
     second = _start(m, isolated_cwd)
     code, output = _output(second, timeout=60)
     assert code == 2, output

@@ -1,5 +1,8 @@
 """What Dagster remembers about our assets, read the same way by the runner and the report."""
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 from dagster import DagsterInstance, EventLogRecord
 
@@ -25,3 +28,14 @@ def latest_materializations(
             break
         cursor = page.cursor
     return seen
+
+
+def plain(value: Any) -> Any:
+    """A metadata value as Python: Dagster wraps each one (IntMetadataValue, ...)."""
+    raw = getattr(value, "value", value)
+    return raw if isinstance(raw, str | int | float | bool) or raw is None else str(raw)
+
+
+def meta_text(metadata: Mapping[str, Any], key: str, default: str = "") -> str:
+    """One metadata entry as text, or `default` when it is absent."""
+    return str(plain(metadata[key])) if key in metadata else default

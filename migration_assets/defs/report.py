@@ -28,7 +28,7 @@ from migration_assets.defs.assets import (
     SEQUENCES_KEY,
 )
 from migration_assets.defs.checks import POOLER_READY, TLS_IN_USE, check_names
-from migration_assets.defs.history import latest_materializations
+from migration_assets.defs.history import latest_materializations, plain
 from migration_assets.plan import MigrationPlan, TablePlan
 from migration_assets.report import render_markdown, write_report
 from migration_assets.settings import SettingsError, load_settings
@@ -48,11 +48,6 @@ class ReportConfig(dg.Config):
     out_dir: str = ""  # default: $DAGSTER_HOME/audit
 
 
-def _plain(value: Any) -> Any:
-    raw = getattr(value, "value", value)
-    return raw if isinstance(raw, str | int | float | bool) or raw is None else str(raw)
-
-
 def _when(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
@@ -70,7 +65,7 @@ def _check(instance: DagsterInstance, key: dg.AssetKey, name: str) -> dict[str, 
         severity=str(getattr(getattr(evaluation, "severity", None), "value", "ERROR")),
         at=_when(record.event.timestamp),
         run_id=record.run_id,
-        metadata={k: _plain(v) for k, v in getattr(evaluation, "metadata", {}).items()},
+        metadata={k: plain(v) for k, v in getattr(evaluation, "metadata", {}).items()},
     )
     return entry
 
@@ -83,7 +78,7 @@ def _table_entry(
     for pk in table.partition_keys:
         record = latest.get(pk)
         mat = record.asset_materialization if record is not None else None
-        meta = {k: _plain(v) for k, v in mat.metadata.items()} if mat is not None else {}
+        meta = {k: plain(v) for k, v in mat.metadata.items()} if mat is not None else {}
         current = meta.get("slice_fingerprint") == table.slice(pk).fingerprint
         slices.append(
             {
@@ -141,7 +136,7 @@ def collect_report(
     """Everything the auditor needs, from the instance; nothing from the patient rows."""
     schema_event = instance.get_latest_materialization_event(SCHEMA_KEY)
     schema_meta = (
-        {k: _plain(v) for k, v in schema_event.asset_materialization.metadata.items()}
+        {k: plain(v) for k, v in schema_event.asset_materialization.metadata.items()}
         if schema_event is not None and schema_event.asset_materialization is not None
         else {}
     )
