@@ -394,7 +394,11 @@ def hold_target_tables(served: Served, sampler: Sampler, timeout: float = 150.0)
         deadline = locked + timeout
         while not sampler.limit_was_binding() and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(2.0)  # room for a connection the pool should not have allowed
+        # room for a connection the pool should not have allowed: counted in samples taken
+        # while the pool held work back, not in seconds, so a busy machine waits longer
+        binding = len(sampler.samples)
+        while len(sampler.samples) < binding + 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
         conn.rollback()
     return time.monotonic() - locked
 
@@ -635,6 +639,16 @@ BACKFILLS = "{ partitionBackfillsOrError { ... on PartitionBackfills { results {
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
+def _wait_for_text(page: Any, condition: Callable[[str], bool], timeout: float = 120.0) -> str:
+    """The page's text once `condition` holds on it (or at `timeout`, for the assertion)."""
+    deadline = time.monotonic() + timeout
+    text: str = page.inner_text("body")
+    while not condition(text) and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        text = page.inner_text("body")
+    return text
+
+
 def _backfill_status(url: str) -> str:
     results = graphql(url, BACKFILLS)["partitionBackfillsOrError"]["results"]
     assert len(results) == 1, results
@@ -658,8 +672,8 @@ def test_the_backfill_completes_and_the_asset_graph_shows_it(
         page.mouse.click(1500, 1900)  # focus the canvas for the shortcut
         page.keyboard.press("Alt+e")  # expand every group
         page.get_by_text("supabase_sequences", exact=True).first.wait_for()
-        page.wait_for_timeout(1000)
-        text = page.inner_text("body")
+        # the graph fills in its partition bars after the nodes: wait for every table's
+        text = _wait_for_text(page, lambda t: t.count("100% filled") >= len(served.tables))
         assert text.count("100% filled") == len(served.tables), text
         screenshot(page, "asset-graph.png")
     finally:
