@@ -312,7 +312,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def print_checks(result: dg.ExecuteInProcessResult) -> int:
     """One row per check; exit 1 when an ERROR check failed or a check could not run."""
-    from migration_assets.runner import _failure_message
+    from migration_assets.runner import _failure_message, crashed
 
     table = Table(title="checks (source vs target, target posture)")
     for column in ("asset", "check", "result", "detail"):
@@ -335,7 +335,7 @@ def print_checks(result: dg.ExecuteInProcessResult) -> int:
             _detail(e.check_name, dict(e.metadata)),
         )
     out.print(table)
-    if not result.success:
+    if crashed(result):
         out.print(f"[red]a check could not run:[/] {_failure_message(result)}", soft_wrap=True)
         return EXIT_UNVERIFIED
     out.print(f"{len(evaluations) - failed} of {len(evaluations)} checks passed")

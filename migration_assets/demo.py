@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import dagster as dg
 from rich.console import Console
 from rich.table import Table
 
@@ -23,6 +25,9 @@ from migration_assets.devstack.seed import seed as seed_database
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import AppQuery, MigrationPlan, build_plan, save_plan
 from migration_assets.settings import load_settings
+
+if TYPE_CHECKING:
+    from migration_assets.runner import MigrateReport
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,14 +105,23 @@ def run_demo(
         with _phase(timings, "migrate", console):
             report = _migrate_with_progress(runner, workers=workers, force=False, resync=False)
         code = _print_migrate(report)
+        failures = [] if code == 0 else [f"migrate: {_migrate_failure(report)}"]
         with _phase(timings, "verify", console):
             checks = runner.run_checks()
-        code = max(code, print_checks(checks))
+        if print_checks(checks):
+            code = 1
+            failures.append(f"verify: {_checks_failure(checks)}")
         with _phase(timings, "audit report", console):
             audit = runner.write_report(stack.home / "audit")
         if audit.success:
             event = audit.get_asset_materialization_events()[0].materialization
             console.print(f"  audit report: {meta_text(event.metadata, 'markdown')}")
+            if meta_text(event.metadata, "complete") != "True":
+                code = 1
+                failures.append("audit report: verdict INCOMPLETE (its problems list says why)")
+        else:
+            code = 1
+            failures.append("audit report: the report could not be written")
         _print_timings(timings, console)
         if keep:
             env_file = stack.write_env_file()
@@ -119,10 +133,31 @@ def run_demo(
                 "then `migration-assets status`, `verify`, or `dagster dev -w workspace.yaml`.\n"
                 f"stop them with: migration-assets stack down {stack.home}"
             )
+        if failures:  # the last line says what failed, whatever scrolled by above
+            console.print("[bold red]demo FAILED[/] at " + "; ".join(failures), soft_wrap=True)
         return code
     finally:
         if not keep:
             stack.stop()
+
+
+def _migrate_failure(report: MigrateReport) -> str:
+    if not report.schema_ok:
+        return "the schema step did not verify"
+    if report.aborted:
+        return "a database became unreachable"
+    if report.failed:
+        return f"{len(report.failed)} partition(s) failed"
+    return "the sequences step did not verify"
+
+
+def _checks_failure(result: dg.ExecuteInProcessResult) -> str:
+    from migration_assets.runner import blocking_failures
+
+    failed = [f"{e.asset_key.to_user_string()} {e.check_name}" for e in blocking_failures(result)]
+    if not failed:
+        return "a check could not run"
+    return f"{len(failed)} check(s) failed: " + ", ".join(failed)
 
 
 def _print_stack(stack: DevStack, console: Console) -> None:

@@ -148,6 +148,8 @@ class SecurityPlan(_Model):
     data_api_schemas: list[str] = Field(default_factory=lambda: ["public"])
     api_roles: list[str] = Field(default_factory=lambda: ["anon", "authenticated"])
     harden: bool = True
+    # MIGRATION_SCHEMA_MODE=existing: the schema is someone else's; lock it down only if asked
+    harden_existing_schema: bool = False
 
 
 class AppQuery(_Model):

@@ -88,8 +88,17 @@ def check_chain(directory: Path) -> list[str]:
     return problems
 
 
-def _mark(passed: bool | None) -> str:
+def _mark(passed: bool | None, severity: str = "ERROR") -> str:
+    """A failed WARN-severity check is advisory: it never reads as a FAIL."""
+    if passed is False and severity == "WARN":
+        return "WARN"
     return {True: "PASS", False: "FAIL", None: "not run"}[passed]
+
+
+def _statistics(stats: dict[str, Any]) -> str:
+    if stats.get("tables_analyzed") is None:
+        return "not refreshed by this tool (autovacuum's timing)"
+    return f"ANALYZE of {stats['tables_analyzed']} table(s) after the load, at {stats['at']}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -106,11 +115,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- alembic revision: source {report['alembic']['source']}, "
         f"target {report['alembic']['target']}",
         f"- TLS to the target: {report['tls']['summary']}",
+        f"- planner statistics: {_statistics(report.get('statistics') or {})}",
         "",
         f"## Verdict: {'COMPLETE' if verdict['complete'] else 'INCOMPLETE'}",
         "",
     ]
-    lines += [f"- {p}" for p in verdict["problems"]] or ["- every table and check verified"]
+    lines += ["- " + p.replace("\n", "\n  ") for p in verdict["problems"]] or [
+        "- every table and check verified"
+    ]
     lines += [
         "",
         "## Tables",
@@ -119,7 +131,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for table in report["tables"]:
-        checks = ", ".join(f"{c['name']} {_mark(c['passed'])}" for c in table["checks"])
+        checks = ", ".join(
+            f"{c['name']} {_mark(c['passed'], c.get('severity', 'ERROR'))}" for c in table["checks"]
+        )
         parts = table["partitions"]
         lines.append(
             f"| {table['table']} | {parts['verified']}/{parts['total']} | "
@@ -128,7 +142,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Global checks", ""]
     for check in report["global_checks"]:
         lines.append(
-            f"- {check['asset']} {check['name']}: {_mark(check['passed'])} "
+            f"- {check['asset']} {check['name']}: "
+            f"{_mark(check['passed'], check.get('severity', 'ERROR'))} "
             f"({check.get('at') or 'never'}, run {check.get('run_id') or '-'})"
         )
     lines += ["", "## Configuration (secrets masked)", ""]

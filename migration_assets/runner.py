@@ -405,6 +405,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def crashed(result: dg.ExecuteInProcessResult) -> bool:
+    """A step failed for a reason other than a blocking check that failed: a failed check is
+    a result (shown with its details), not a check that could not run."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            if error is None or error.cls_name != "DagsterAssetCheckFailedError":
+                return True
+    return False
+
+
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data is not None:

@@ -17,6 +17,7 @@ from dagster import AssetCheckExecutionContext, AssetExecutionContext
 from migration_assets.db.catalog import read_catalog
 from migration_assets.db.copy import CopyTarget, SliceMismatchError, SliceResult, copy_slice
 from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.db.exposure import describe, exposed_tables
 from migration_assets.db.schema import (
     Difference,
     alembic_revision,
@@ -28,6 +29,7 @@ from migration_assets.db.schema import (
 )
 from migration_assets.db.sequences import lagging_sequences, sync_sequences
 from migration_assets.db.session import server_major
+from migration_assets.db.statistics import analyze
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import MigrationPlan, TablePlan, dagster_name
 from migration_assets.settings import SchemaMode
@@ -39,6 +41,8 @@ TARGET_POOL = "supabase_target"
 
 SCHEMA_MATCHES_SOURCE = "schema_matches_source"
 PLAN_MATCHES_SOURCE = "plan_matches_source"
+DATA_API_LOCKED_DOWN = "data_api_locked_down"
+PLAN_FIX = "review the changes, then write a new plan with `migration-assets plan`"
 SLICE_ROW_COUNT = "slice_row_count"
 SLICE_CHECKSUM = "slice_checksum"
 SEQUENCES_AHEAD = "sequences_ahead_of_keys"
@@ -147,7 +151,7 @@ def _schema_step(
     hardened: list[str] = []
     with source.connect() as src, target.connect() as tgt:
         revisions = (alembic_revision(src), alembic_revision(tgt))
-        if SchemaMode(options.schema_mode) is not SchemaMode.EXISTING and plan.security.harden:
+        if _hardens(plan, SchemaMode(options.schema_mode)):
             hardened = harden(
                 tgt,
                 [(t.schema_name, t.name, t.api_grants_allowed) for t in plan.tables],
@@ -163,6 +167,32 @@ def _schema_step(
             "target_revision": revisions[1] or "none",
             "hardening": dg.MetadataValue.md("\n".join(f"- {h}" for h in hardened) or "none"),
         }
+    )
+
+
+def _hardens(plan: MigrationPlan, mode: SchemaMode) -> bool:
+    """A schema we applied is ours to lock down; one provisioned elsewhere only on request
+    (the check below names what is exposed either way)."""
+    if not plan.security.harden:
+        return False
+    return mode is not SchemaMode.EXISTING or plan.security.harden_existing_schema
+
+
+def data_api_exposure(plan: MigrationPlan, target: TargetDatabase) -> dg.AssetCheckResult:
+    """Blocking: no patient row may be copied into a table the anon key can read."""
+    with target.connect() as conn:
+        exposed = exposed_tables(
+            conn,
+            [(t.schema_name, t.name, t.api_grants_allowed) for t in plan.tables],
+            exposed_schemas=plan.security.data_api_schemas,
+            api_roles=plan.security.api_roles,
+        )
+    metadata: dict[str, Any] = {
+        "exposed_tables": len(exposed),
+        "details": dg.MetadataValue.md(describe(exposed)),
+    }
+    return dg.AssetCheckResult(
+        check_name=DATA_API_LOCKED_DOWN, passed=not exposed, metadata=metadata
     )
 
 
@@ -208,6 +238,16 @@ def build_schema_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
                 blocking=True,
                 description="The source still has exactly the tables and columns planned.",
             ),
+            dg.AssetCheckSpec(
+                DATA_API_LOCKED_DOWN,
+                asset=SCHEMA_KEY,
+                blocking=True,
+                description=(
+                    "No planned table in a schema the Data API serves is readable with the "
+                    "anon key (RLS on, no grants the plan does not allow): checked before any "
+                    "row is copied."
+                ),
+            ),
         ],
         can_subset=True,
         pool=TARGET_POOL,
@@ -219,6 +259,8 @@ def build_schema_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
         selected = {k.name for k in context.selected_asset_check_keys}
         try:
             differences, drift = schema_differences(plan, source, target)
+            if DATA_API_LOCKED_DOWN in selected:
+                yield data_api_exposure(plan, target)
         except psycopg.Error as exc:
             raise dg.Failure(description=f"schema check: {safe_message(exc)}") from None
         if SCHEMA_MATCHES_SOURCE in selected:
@@ -237,7 +279,7 @@ def build_schema_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
                 metadata={
                     "differences": len(drift),
                     "details": dg.MetadataValue.md(_differences_md(drift)),
-                    "fix": "review the changes, then write a new plan with `migration-assets plan`",
+                    **({"fix": PLAN_FIX} if drift else {}),
                 },
             )
 
@@ -381,6 +423,7 @@ def _slice_checks(result: SliceResult) -> Iterator[dg.AssetCheckResult]:
 
 def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     every = [(s.qualified, s.table, s.column) for s in plan.sequences]
+    tables = [(t.schema_name, t.name) for t in plan.tables]
 
     @dg.asset(
         key=SEQUENCES_KEY,
@@ -392,21 +435,26 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         description=(
             f"Sets {len(every)} target sequence(s) to the source's values after the data is "
             "in (never at or below a column's max), so the application's next INSERT does not "
-            "collide with a migrated key."
+            "collide with a migrated key; then ANALYZEs every migrated table, so the planner "
+            "has statistics before the app's queries are timed (and before cutover)."
         ),
     )
     def supabase_sequences(
-        source: SourceDatabase, target: TargetDatabase
+        context: AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
     ) -> dg.MaterializeResult[None]:
         try:
             with source.connect() as src, target.connect() as tgt:
                 written, advanced = sync_sequences(src, tgt, every)
                 tgt.commit()
+                analyzed, seconds = analyze(tgt, tables)
         except psycopg.Error as exc:
             raise dg.Failure(description=f"sequences: {safe_message(exc)}") from None
+        context.log.info(f"{written} sequence(s) set; {analyzed} table(s) analyzed")
         return dg.MaterializeResult(
             metadata={
                 "sequences_set": written,
+                "tables_analyzed": analyzed,
+                "analyze_seconds": round(seconds, 3),
                 "advanced_past_source": dg.MetadataValue.md(
                     "\n".join(f"- {a}" for a in advanced) or "none"
                 ),

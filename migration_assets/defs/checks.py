@@ -18,6 +18,7 @@ from migration_assets.db.audit import orphan_rows, security_posture, tls_evidenc
 from migration_assets.db.bisect import KeyDiff, localise
 from migration_assets.db.dsn import is_local_host, parse_dsn
 from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.db.exposure import Exposure, describe
 from migration_assets.defs.assets import (
     SCHEMA_KEY,
     SEQUENCES_KEY,
@@ -124,6 +125,16 @@ def _run_checks(
                 table=table.name,
                 api_roles=plan.security.api_roles,
             )
+            allowed = table.api_grants_allowed
+            exposure = Exposure(
+                table.schema_name,
+                table.name,
+                posture.rls_enabled,
+                "" if allowed else "; ".join(posture.api_grants),
+                tuple(plan.security.api_roles),
+            )
+            # the same text as the blocking schema check and the report: what, and the SQL
+            details = {"details": dg.MetadataValue.md(describe([exposure]))}
             if RLS_ENABLED in selected:
                 yield dg.AssetCheckResult(
                     check_name=RLS_ENABLED,
@@ -132,10 +143,10 @@ def _run_checks(
                         "rls_enabled": posture.rls_enabled,
                         "policies": posture.policies,
                         "table": table.qualified,
+                        **(details if not posture.rls_enabled else {}),
                     },
                 )
             if NO_API_GRANTS in selected:
-                allowed = table.api_grants_allowed
                 yield dg.AssetCheckResult(
                     check_name=NO_API_GRANTS,
                     passed=allowed or not posture.api_grants,
@@ -143,6 +154,7 @@ def _run_checks(
                         "table": table.qualified,
                         "grants": ", ".join(posture.api_grants) or "none",
                         "allowed_by_plan": allowed,
+                        **(details if exposure.grants else {}),
                     },
                 )
 

@@ -20,6 +20,7 @@ from dagster import AssetExecutionContext, DagsterInstance
 
 from migration_assets import __version__
 from migration_assets.defs.assets import (
+    DATA_API_LOCKED_DOWN,
     KINDS,
     PLAN_MATCHES_SOURCE,
     SCHEMA_KEY,
@@ -38,6 +39,7 @@ REPORT_COMPLETE = "report_complete"
 GLOBAL_CHECKS = [
     (SCHEMA_KEY, SCHEMA_MATCHES_SOURCE),
     (SCHEMA_KEY, PLAN_MATCHES_SOURCE),
+    (SCHEMA_KEY, DATA_API_LOCKED_DOWN),
     (SCHEMA_KEY, TLS_IN_USE),
     (SEQUENCES_KEY, SEQUENCES_AHEAD),
     (SEQUENCES_KEY, POOLER_READY),
@@ -114,13 +116,23 @@ def _problems(tables: list[dict[str, Any]], global_checks: list[dict[str, Any]])
             )
         for check in table["checks"]:
             if check["passed"] is not True:
-                state = "never ran" if check["passed"] is None else "failed"
-                problems.append(f"{table['table']}: check {check['name']} {state}")
+                problems.append(f"{table['table']}: check {check['name']} {_state(check)}")
     for check in global_checks:
         if check["passed"] is not True and check.get("severity", "ERROR") == "ERROR":
-            state = "never ran" if check["passed"] is None else "failed"
-            problems.append(f"{check['asset']}: check {check['name']} {state}")
+            problems.append(f"{check['asset']}: check {check['name']} {_state(check)}")
     return problems
+
+
+def _state(check: dict[str, Any]) -> str:
+    """'never ran', or 'failed' with what the check itself said (the CLI shows the same)."""
+    if check["passed"] is None:
+        return "never ran"
+    metadata = check.get("metadata", {})
+    said = next((str(metadata[k]) for k in _WHY if metadata.get(k) not in (None, "", "none")), "")
+    return f"failed: {said}" if said else "failed"
+
+
+_WHY = ("details", "orphans", "behind", "error", "fix")
 
 
 def _configuration() -> dict[str, str]:
@@ -130,16 +142,20 @@ def _configuration() -> dict[str, str]:
         return {"error": str(exc).splitlines()[0]}
 
 
+def _latest_metadata(instance: DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: plain(v) for k, v in event.asset_materialization.metadata.items()}
+
+
 def collect_report(
     instance: DagsterInstance, plan: MigrationPlan, plan_path: Path
 ) -> dict[str, Any]:
     """Everything the auditor needs, from the instance; nothing from the patient rows."""
-    schema_event = instance.get_latest_materialization_event(SCHEMA_KEY)
-    schema_meta = (
-        {k: plain(v) for k, v in schema_event.asset_materialization.metadata.items()}
-        if schema_event is not None and schema_event.asset_materialization is not None
-        else {}
-    )
+    schema_meta = _latest_metadata(instance, SCHEMA_KEY)
+    sequences_event = instance.get_latest_materialization_event(SEQUENCES_KEY)
+    sequences_meta = _latest_metadata(instance, SEQUENCES_KEY)
     tables = [_table_entry(instance, t, plan) for t in plan.tables]
     global_checks = [_check(instance, key, name) for key, name in GLOBAL_CHECKS]
     tls = next(c for c in global_checks if c["name"] == TLS_IN_USE)
@@ -179,6 +195,11 @@ def collect_report(
                 if tls["passed"]
                 else "not verified"
             ),
+        },
+        "statistics": {
+            "tables_analyzed": sequences_meta.get("tables_analyzed"),
+            "at": _when(sequences_event.timestamp) if sequences_event is not None else None,
+            "run_id": sequences_event.run_id if sequences_event is not None else None,
         },
         "tables": tables,
         "global_checks": global_checks,
