@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from migration_assets.db.dsn import (
@@ -22,6 +22,7 @@ from migration_assets.db.dsn import (
     mask_dsn,
     parse_dsn,
 )
+from migration_assets.db.session import parse_statement_timeout
 
 
 class SchemaMode(StrEnum):
@@ -66,6 +67,15 @@ class Settings(BaseSettings):
     migration_defer_indexes_above: int = Field(
         default=100_000, alias="MIGRATION_DEFER_INDEXES_ABOVE"
     )  # cold tables with at least this many rows load without secondary indexes; -1: never
+    migration_statement_timeout: str = Field(default="0", alias="MIGRATION_STATEMENT_TIMEOUT")
+    # statement_timeout of every session of ours: seconds or a PostgreSQL duration; 0: none
+
+    @field_validator("migration_statement_timeout", mode="before")
+    @classmethod
+    def _valid_duration(cls, value: object) -> str:
+        text = str(value).strip() or "0"
+        parse_statement_timeout(text)  # ValueError names the setting and the forms it takes
+        return text
 
     @model_validator(mode="after")
     def _refuse_unsafe_targets(self) -> Self:
@@ -161,6 +171,7 @@ class Settings(BaseSettings):
         shown["MIGRATION_PLAN"] = str(self.migration_plan or "")
         shown["DAGSTER_HOME"] = str(self.dagster_home or "")
         shown["MIGRATION_TARGET_CONNECTIONS"] = str(self.migration_target_connections)
+        shown["MIGRATION_STATEMENT_TIMEOUT"] = self.migration_statement_timeout
         return shown
 
     def export_environment(self) -> None:
@@ -175,6 +186,8 @@ class Settings(BaseSettings):
             if path is not None:
                 os.environ[key] = str(path)
         os.environ["MIGRATION_SCHEMA_MODE"] = self.migration_schema_mode.value
+        if "migration_statement_timeout" in self.model_fields_set:  # read by db.session
+            os.environ["MIGRATION_STATEMENT_TIMEOUT"] = self.migration_statement_timeout
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(

@@ -198,6 +198,8 @@ def _explain(exc: psycopg.Error, spec: SliceSpec) -> MigrationError:
             f"{where}: the migration role lacks a privilege it needs (SELECT on the source; "
             f"INSERT and DELETE on the target table). Grant it and retry. [{message}]"
         )
+    if isinstance(exc, psycopg.errors.QueryCanceled):  # an OperationalError, yet not a loss
+        return MigrationError(f"{where}: nothing of this slice was committed. [{message}]")
     if isinstance(exc, psycopg.OperationalError):
         return MigrationError(
             f"{where}: the connection was lost mid-copy; nothing of this slice was committed. "

@@ -9,6 +9,7 @@ names of the objects involved.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Self
@@ -16,6 +17,8 @@ from typing import Self
 import psycopg
 
 VALUE_MASK = "<value withheld>"
+STATEMENT_TIMEOUT_ENV = "MIGRATION_STATEMENT_TIMEOUT"
+QUERY_CANCELED = "57014"
 
 # `: "value"` at the end of a primary message, and bare `(...)=(...)` key pairs.
 _TRAILING_VALUE = re.compile(
@@ -49,7 +52,45 @@ def safe_message(exc: BaseException) -> str:
     if names:
         parts.append("(" + ", ".join(names) + ")")
     code = diag.sqlstate or getattr(exc, "sqlstate", None)
+    hint = cancel_hint(exc)
+    if hint:
+        parts.append(f"- {hint}")
     return (f"[{code}] " if code else "") + " ".join(parts)
+
+
+def cancel_hint(exc: BaseException) -> str | None:
+    """For a cancelled statement (SQLSTATE 57014), what cancelled it and what to change.
+
+    psycopg raises QueryCanceled as an OperationalError, so without this a statement timeout
+    reads like a lost connection. The server's primary message tells a timeout from an
+    operator's pg_cancel_backend; both share the SQLSTATE.
+    """
+    if not isinstance(exc, psycopg.Error) or exc.sqlstate != QUERY_CANCELED:
+        return None
+    primary = exc.diag.message_primary or str(exc)
+    ours = os.environ.get(STATEMENT_TIMEOUT_ENV, "").strip() or "0"
+    if "statement timeout" in primary:
+        if re.fullmatch(r"[0.]*\s*(us|ms|s|min|h|d)?", ours):  # ours sets no limit
+            return (
+                "the server's statement_timeout for this role or database cancelled it "
+                f"({STATEMENT_TIMEOUT_ENV}=0 sets no limit of ours; connections "
+                "through the transaction pooler keep the server's). Make the statement "
+                "faster or raise that role's statement_timeout"
+            )
+        return (
+            f"the statement ran longer than {STATEMENT_TIMEOUT_ENV}={ours}. "
+            f"Raise {STATEMENT_TIMEOUT_ENV} (seconds, or a duration like '30min'; 0 = no "
+            "limit) and run again"
+        )
+    if "user request" in primary:
+        return (
+            "cancelled on request (pg_cancel_backend or a client's cancel), not by a timeout; "
+            "the connection is fine and nothing was lost. Run again"
+        )
+    return (
+        f"cancelled: the statement timeout ({STATEMENT_TIMEOUT_ENV}={ours}) or an operator "
+        "cancelled it; nothing was lost. Run again"
+    )
 
 
 def mask_values(text: str) -> str:

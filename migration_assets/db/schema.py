@@ -23,7 +23,7 @@ from psycopg import sql
 from migration_assets.db.catalog import Catalog, TableInfo
 from migration_assets.db.dsn import parse_dsn, sqlalchemy_url, with_params
 from migration_assets.db.errors import MigrationError, mask_values, safe_message
-from migration_assets.db.session import Connection
+from migration_assets.db.session import Connection, statement_timeout
 from migration_assets.devstack.binaries import DevstackError, pg_bin_dir
 
 
@@ -193,6 +193,10 @@ def alembic_upgrade(
     )
     try:
         with engine.begin() as connection:
+            # the role's statement_timeout (Supabase: 2 min) must not cancel a long step
+            connection.exec_driver_sql(
+                "SELECT set_config('statement_timeout', %s, false)", (str(statement_timeout()),)
+            )
             cfg.attributes["connection"] = connection
             cfg.attributes["configure_logger"] = False  # keep the host's logging as it is
             command.upgrade(cfg, revision)
@@ -211,7 +215,12 @@ def pg_dump_schema(
     bin_dir: Path | None,
     target_version: int,
 ) -> None:
-    """Copy the source's schema with pg_dump | psql; passwords travel in the environment."""
+    """Copy the source's schema with pg_dump | psql; passwords travel in the environment.
+
+    No statement timeout to set: pg_dump sets statement_timeout = 0 on its session, and the
+    dump it writes starts with the same SET, so psql applies it without the role's limit
+    (MIGRATION_STATEMENT_TIMEOUT's included).
+    """
     with psycopg.connect(with_params(source_dsn, connect_timeout="10")) as conn:
         source_version = conn.info.server_version // 10000
     pg_dump = _tool("pg_dump", bin_dir, at_least=source_version)

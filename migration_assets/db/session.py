@@ -8,6 +8,7 @@ another TimeZone. Both servers get the same pins before any query runs.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,12 @@ from typing import Any
 import psycopg
 
 from migration_assets.db.dsn import mask_dsn, parse_dsn, with_params
-from migration_assets.db.errors import ConnectionFailedError, safe_message
+from migration_assets.db.errors import (
+    STATEMENT_TIMEOUT_ENV,
+    ConnectionFailedError,
+    MigrationError,
+    safe_message,
+)
 
 Connection = psycopg.Connection[Any]
 
@@ -40,6 +46,43 @@ def network_timeout() -> int:
         return max(3, int(raw)) if raw else DEFAULT_NETWORK_TIMEOUT
     except ValueError:
         return DEFAULT_NETWORK_TIMEOUT
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|min|h|d)?")
+_MS_PER_UNIT = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_MAX_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's limit for statement_timeout
+
+
+def parse_statement_timeout(raw: str) -> int:
+    """Seconds (`600`, `0.5`) or a PostgreSQL duration (`500ms`, `30min`) as milliseconds.
+
+    Empty or 0 means no limit. Raises ValueError naming the setting for anything else.
+    """
+    if not raw.strip():
+        return 0
+    match = _DURATION.fullmatch(raw.strip())
+    if match is None:
+        raise ValueError(
+            f"{STATEMENT_TIMEOUT_ENV}={raw!r} is not a duration: give seconds (600) or a "
+            "PostgreSQL duration ('500ms', '30min'); 0 means no limit"
+        )
+    millis = float(match.group(1)) * _MS_PER_UNIT[match.group(2) or "s"]
+    if millis > _MAX_TIMEOUT_MS:
+        raise ValueError(f"{STATEMENT_TIMEOUT_ENV}={raw!r} is longer than PostgreSQL allows")
+    return max(1, round(millis)) if millis > 0 else 0
+
+
+def statement_timeout() -> int:
+    """Milliseconds every statement of ours may run (MIGRATION_STATEMENT_TIMEOUT; 0 = none).
+
+    Supabase caps statements per role and database (2 min globally, seconds for the API
+    roles); a slice, a checksum or an index build may need longer, so each of our sessions
+    sets its own limit instead of inheriting the server's.
+    """
+    try:
+        return parse_statement_timeout(os.environ.get(STATEMENT_TIMEOUT_ENV, ""))
+    except ValueError as exc:
+        raise MigrationError(str(exc)) from None
 
 
 def tcp_guards(timeout: int) -> dict[str, str]:
@@ -69,8 +112,12 @@ def server_guards(timeout: int) -> dict[str, str]:
 
 
 def pin_session(conn: Connection, extra: dict[str, str] | None = None) -> None:
-    """One round trip: every pin as a plain SET so poolers in session mode keep them."""
-    pins = {**SESSION_PINS, **(extra or {})}
+    """One round trip: every pin as a plain SET so poolers in session mode keep them.
+
+    statement_timeout comes first: the role's own (Supabase: 2 min, or less) must not cancel
+    the rest, and it replaces the server's limit for the whole session.
+    """
+    pins = {"statement_timeout": str(statement_timeout()), **SESSION_PINS, **(extra or {})}
     statements = "; ".join(f"SET {name} TO '{value}'" for name, value in pins.items())
     conn.execute(statements.encode())
 
@@ -140,7 +187,9 @@ __all__ = [
     "Connection",
     "connect",
     "describe_endpoint",
+    "parse_statement_timeout",
     "pin_session",
     "safe_message",
     "server_major",
+    "statement_timeout",
 ]
