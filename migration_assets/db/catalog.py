@@ -58,6 +58,23 @@ class ForeignKeyInfo:
     ref_columns: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class PartitionIndex:
+    """An index on one partition (at any depth) of a partitioned table.
+
+    `index` is the name of the partitioned table's index it is attached to, through any
+    intermediate levels; an index of the partition alone keeps its own name. Its own name
+    is left out of `definition`: PostgreSQL picks it when the index is created through the
+    parent, so a schema built by Alembic and one restored by pg_dump name it differently
+    for the same index.
+    """
+
+    partition: str  # schema.name
+    index: str
+    definition: str
+    valid: bool
+
+
 @dataclass
 class TableInfo:
     oid: int
@@ -72,6 +89,8 @@ class TableInfo:
     foreign_keys: list[ForeignKeyInfo] = field(default_factory=list)
     constraints: dict[str, str] = field(default_factory=dict)  # name -> definition
     indexes: dict[str, str] = field(default_factory=dict)  # name -> definition
+    invalid_indexes: set[str] = field(default_factory=set)  # e.g. ON ONLY, never attached
+    partition_indexes: list[PartitionIndex] = field(default_factory=list)
     rls_enabled: bool = False
 
     @property
@@ -180,10 +199,29 @@ ORDER BY con.conrelid, con.conname
 """
 
 INDEXES_SQL = """
-SELECT i.indrelid::int8, ic.relname, pg_get_indexdef(i.indexrelid)
+SELECT i.indrelid::int8, i.indexrelid::int8, ic.relname, pg_get_indexdef(i.indexrelid),
+       i.indisvalid
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 WHERE i.indrelid = ANY(%(oids)s)
 ORDER BY i.indrelid, ic.relname
+"""
+
+# The indexes of every partition, at any depth, with the index each is attached to.
+PARTITION_INDEXES_SQL = """
+WITH RECURSIVE parts(root, relid) AS (
+    SELECT inh.inhparent, inh.inhrelid FROM pg_inherits inh
+    JOIN pg_class c ON c.oid = inh.inhrelid
+    WHERE inh.inhparent = ANY(%(oids)s) AND c.relispartition
+    UNION ALL
+    SELECT p.root, inh.inhrelid FROM pg_inherits inh JOIN parts p ON inh.inhparent = p.relid
+)
+SELECT p.root::int8, pn.nspname || '.' || pc.relname, i.indexrelid::int8, ic.relname,
+       quote_ident(ic.relname), pg_get_indexdef(i.indexrelid), i.indisvalid,
+       (SELECT ii.inhparent::int8 FROM pg_inherits ii WHERE ii.inhrelid = i.indexrelid)
+FROM parts p
+JOIN pg_class pc ON pc.oid = p.relid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+JOIN pg_index i ON i.indrelid = p.relid JOIN pg_class ic ON ic.oid = i.indexrelid
+ORDER BY 1, 2, 4
 """
 
 SEQUENCES_SQL = f"""
@@ -221,8 +259,7 @@ def read_catalog(conn: Connection, *, exact_counts_below: int = 0) -> Catalog:
     _read_columns(conn, tables, params)
     _read_keys(conn, tables, params)
     _read_constraints(conn, tables, params)
-    for relid, name, definition in conn.execute(INDEXES_SQL, params):
-        tables[relid].indexes[name] = definition
+    _read_indexes(conn, tables, params)
     for oid in unanalyzed:
         tables[oid].reltuples = _exact_count(conn, tables[oid])
     skipped = {
@@ -269,6 +306,28 @@ def _read_constraints(
             table.foreign_keys.append(
                 ForeignKeyInfo(name, tuple(cols), ref_schema, ref_table, tuple(ref_cols))
             )
+
+
+def _read_indexes(
+    conn: Connection, tables: dict[int, TableInfo], params: dict[str, object]
+) -> None:
+    names: dict[int, str] = {}  # index oid -> name, for partitions' indexes to name theirs by
+    for relid, oid, name, definition, valid in conn.execute(INDEXES_SQL, params):
+        names[oid] = name
+        tables[relid].indexes[name] = definition
+        if not valid:
+            tables[relid].invalid_indexes.add(name)
+    rows = conn.execute(PARTITION_INDEXES_SQL, params).fetchall()
+    parents = {oid: parent for _, _, oid, _, _, _, _, parent in rows}
+    names.update({oid: name for _, _, oid, name, _, _, _, _ in rows})
+    for root, partition, oid, _, quoted, definition, valid, _ in rows:
+        top = oid
+        while parents.get(top) is not None:  # up to the index nothing is attached above
+            top = parents[top]
+        own_name_dropped = definition.replace(f" {quoted} ON ", " ON ", 1)
+        tables[root].partition_indexes.append(
+            PartitionIndex(partition, names.get(top, ""), own_name_dropped, valid)
+        )
 
 
 def _exact_count(conn: Connection, table: TableInfo) -> int:

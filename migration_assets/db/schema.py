@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from migration_assets.db.catalog import Catalog, TableInfo
+from migration_assets.db.catalog import Catalog, PartitionIndex, TableInfo
 from migration_assets.db.dsn import parse_dsn, sqlalchemy_url, with_params
 from migration_assets.db.errors import MigrationError, mask_values, safe_message
 from migration_assets.db.session import Connection, statement_timeout
@@ -101,6 +101,62 @@ def _compare_table(src: TableInfo, tgt: TableInfo) -> list[Difference]:
             found.append(Difference(name, f"{extra} {col} exists only on the target"))
     found.extend(_compare_named(name, "constraint", src.constraints, tgt.constraints))
     found.extend(_compare_named(name, "index", src.indexes, tgt.indexes))
+    found.extend(_compare_validity(src, tgt))
+    found.extend(_compare_partition_indexes(name, src.partition_indexes, tgt.partition_indexes))
+    return found
+
+
+def _compare_validity(src: TableInfo, tgt: TableInfo) -> list[Difference]:
+    """An invalid index is never used and, if unique, enforces nothing: never a match."""
+    return [
+        Difference(src.qualified, _invalid(f"index {index}", index in src.invalid_indexes))
+        for index in sorted(tgt.invalid_indexes)
+        if index in src.indexes
+    ]
+
+
+def _invalid(what: str, on_source_too: bool) -> str:
+    if on_source_too:
+        return f"{what} is invalid on the target, as on the source: rebuild or drop it there"
+    return (
+        f"{what} is invalid on the target: drop it and create it again (on a partitioned "
+        "table without ON ONLY, so that every partition gets its index attached)"
+    )
+
+
+def _compare_partition_indexes(
+    table: str, src: list[PartitionIndex], tgt: list[PartitionIndex]
+) -> list[Difference]:
+    """Every partition has each index the source's has, valid, defined alike.
+
+    Matched by partition and by the table's index they are attached to (or their own name,
+    for an index of one partition alone), not by their own names: PostgreSQL chooses those
+    when an index is created through the parent, so they differ between a schema built by
+    migrations and one restored from a dump without meaning anything.
+    """
+    theirs = {(p.partition, p.index): p for p in tgt}
+    ours = {(p.partition, p.index) for p in src}
+    found: list[Difference] = []
+    for index in src:
+        other = theirs.get((index.partition, index.index))
+        where = f"partition {index.partition} index {index.index}"
+        if other is None:
+            found.append(Difference(table, f"{where} missing on the target"))
+        elif other.definition != index.definition:
+            found.append(
+                Difference(
+                    table,
+                    f"{where} differs: {index.definition!r} on the source, "
+                    f"{other.definition!r} on the target",
+                )
+            )
+        elif not other.valid:
+            found.append(Difference(table, _invalid(where, not index.valid)))
+    found.extend(
+        Difference(table, f"partition {p.partition} index {p.index} exists only on the target")
+        for p in tgt
+        if (p.partition, p.index) not in ours
+    )
     return found
 
 
