@@ -80,6 +80,9 @@ class TablePlan(_Model):
     row_estimate: int = 0
     size_bytes: int = 0
     api_grants_allowed: bool = False
+    # declaratively partitioned (relkind 'p'): read whole; any other table reads its own
+    # rows only (ONLY), since inheritance children are planned as tables of their own
+    partitioned: bool = False
 
     @property
     def qualified(self) -> str:
@@ -123,6 +126,7 @@ class TablePlan(_Model):
             bounds=tuple(self.slicing.bounds),
             partitions=self.slicing.partitions,
             index=i,
+            partitioned=self.partitioned,
         )
 
     def describe(self) -> str:
@@ -165,6 +169,8 @@ class MigrationPlan(_Model):
     created_at: str
     source: str  # masked
     source_server_version: int
+    # the source's server_encoding; rows arrive as UTF-8 and are hashed as UTF-8 either way
+    source_encoding: str = "UTF8"
     tables: list[TablePlan]
     sequences: list[SequencePlan] = Field(default_factory=list)
     enums: dict[str, list[str]] = Field(default_factory=dict)
@@ -275,11 +281,17 @@ def build_plan(
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source=mask_dsn(source_dsn),
         source_server_version=catalog.server_version,
+        source_encoding=_server_encoding(conn),
         tables=tables,
         sequences=_sequence_plans(catalog),
         enums={k: list(v) for k, v in catalog.enums.items()},
         skipped=skipped,
     )
+
+
+def _server_encoding(conn: Connection) -> str:
+    row = conn.execute("SHOW server_encoding").fetchone()
+    return str(row[0]) if row else "UTF8"
 
 
 def _quote(name: str) -> str:
@@ -357,6 +369,7 @@ def _table_plan(conn: Connection, info: TableInfo, sizing: _Sizing) -> TablePlan
         ],
         row_estimate=info.reltuples,
         size_bytes=info.size_bytes,
+        partitioned=info.kind == "p",
     )
 
 
@@ -369,7 +382,13 @@ def _slicing(conn: Connection, info: TableInfo, wanted: int) -> SlicingPlan:
         cast = range_cast_type(column.type)
         if cast is not None:
             bounds = compute_bounds(
-                conn, info.schema, info.name, column.name, wanted, rows=info.reltuples
+                conn,
+                info.schema,
+                info.name,
+                column.name,
+                wanted,
+                rows=info.reltuples,
+                partitioned=info.kind == "p",
             )
             return SlicingPlan(
                 strategy=Strategy.RANGE,

@@ -233,7 +233,9 @@ class Runner:
         ]
         with self.target.connect() as conn:
             cold = [
-                (t.schema_name, t.name) for t in candidates if is_empty(conn, t.schema_name, t.name)
+                (t.schema_name, t.name)
+                for t in candidates
+                if is_empty(conn, t.schema_name, t.name, partitioned=t.partitioned)
             ]
             return defer_indexes(conn, cold)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migration_assets.db.session import Connection
+from migration_assets.db.slices import own_rows
 
 SAMPLE_KEYS = 20
 
@@ -49,7 +50,11 @@ def orphan_rows(
     ref_table: str,
     ref_columns: Sequence[str],
 ) -> tuple[int, list[str]]:
-    """Child rows whose (non-NULL) FK columns match no parent row: MATCH SIMPLE semantics."""
+    """Child rows whose (non-NULL) FK columns match no parent row: MATCH SIMPLE semantics.
+
+    As PostgreSQL enforces it: the FK covers the child table's own rows and sees the
+    referenced table's own rows (inheritance children have neither the constraint nor a
+    say), while a partitioned table on either side means all of its partitions."""
     not_null = sql.SQL(" AND ").join(
         sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(c)) for c in columns
     )
@@ -69,9 +74,11 @@ def orphan_rows(
         "AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {joined}) LIMIT {limit}"
     ).format(
         key=key_text,
-        child=_rel(schema, table),
+        child=own_rows(schema, table, partitioned=_partitioned(conn, schema, table)),
         not_null=not_null,
-        parent=_rel(ref_schema, ref_table),
+        parent=own_rows(
+            ref_schema, ref_table, partitioned=_partitioned(conn, ref_schema, ref_table)
+        ),
         joined=joined,
         limit=sql.Literal(SAMPLE_KEYS),
     )
@@ -79,6 +86,15 @@ def orphan_rows(
     if not rows:
         return 0, []
     return int(rows[0][0]), [str(r[1]) for r in rows if r[1] is not None]
+
+
+def _partitioned(conn: Connection, schema: str, table: str) -> bool:
+    """Asked of the server the FK lives on: its relkind is what the constraint follows."""
+    row = conn.execute(
+        "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(%s)",
+        [_rel(schema, table).as_string(conn)],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 @dataclass(frozen=True)

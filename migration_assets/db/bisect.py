@@ -6,6 +6,9 @@ key type (text, composite, uuid v7, skewed integers), so 16-way splits shrink ev
 differing range evenly. At the leaves, only keys and 64-bit row hashes cross the wire.
 For a table without a key the "key" is the whole row, which must not be reported: those
 rows are named by a short hash instead.
+
+Each server hashes the UTF-8 bytes of its text (`TextBytes`), so a LATIN1 source and a
+UTF8 target put the same row in the same sub-range.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from psycopg import sql
 
 from migration_assets.db.checksum import row_hash
 from migration_assets.db.session import Connection
-from migration_assets.db.slices import SliceSpec, key_text
+from migration_assets.db.slices import SliceSpec, key_text, text_bytes
 
 LIST_LIMIT = 20
 LEAF_ROWS = 256
@@ -56,21 +59,25 @@ Sums = dict[str, tuple[int, str]]
 @dataclass(frozen=True)
 class _Probe:
     spec: SliceSpec
-    ident: sql.Composable
-    hashed: sql.Composable
+    key: tuple[str, ...]  # columns whose text identifies a row
+    columns: tuple[str, ...]  # checksum columns
 
-    def bucket(self, depth: int) -> sql.Composable:
-        return sql.SQL("substr(md5({}), 1, {})").format(self.ident, sql.Literal(depth))
+    def bucket(self, conn: Connection, depth: int) -> sql.Composable:
+        md5 = text_bytes(conn).md5(key_text(self.key))
+        return sql.SQL("substr({}, 1, {})").format(md5, sql.Literal(depth))
+
+    def hashed(self, conn: Connection) -> sql.Composable:
+        return row_hash(self.columns, text_bytes(conn))
 
     def groups(self, conn: Connection, depth: int, parents: Sequence[str]) -> Sums:
-        where: sql.Composable = self.spec.predicate()
+        where: sql.Composable = self.spec.predicate(text_bytes(conn))
         if depth > 1:
             where = sql.SQL("{} AND {} = ANY({})").format(
-                where, self.bucket(depth - 1), sql.Literal(list(parents))
+                where, self.bucket(conn, depth - 1), sql.Literal(list(parents))
             )
         query = sql.SQL(
             "SELECT {b}, count(*), sum({h})::text FROM {rel} WHERE {w} GROUP BY 1"
-        ).format(b=self.bucket(depth), h=self.hashed, rel=self.spec.relation, w=where)
+        ).format(b=self.bucket(conn, depth), h=self.hashed(conn), rel=self.spec.own_rows, w=where)
         return {str(b): (int(n), str(s)) for b, n, s in conn.execute(query)}
 
     def leaf_rows(self, conn: Connection, prefixes: Sequence[str]) -> Counter[tuple[str, int]]:
@@ -80,11 +87,11 @@ class _Probe:
             by_length.setdefault(len(prefix), []).append(prefix)
         for length, group in by_length.items():
             query = sql.SQL("SELECT {i}, {h} FROM {rel} WHERE {w} AND {b} = ANY({p})").format(
-                i=self.ident,
-                h=self.hashed,
-                rel=self.spec.relation,
-                w=self.spec.predicate(),
-                b=self.bucket(length),
+                i=key_text(self.key),
+                h=self.hashed(conn),
+                rel=self.spec.own_rows,
+                w=self.spec.predicate(text_bytes(conn)),
+                b=self.bucket(conn, length),
                 p=sql.Literal(group),
             )
             rows.update((str(i), int(h)) for i, h in conn.execute(query))
@@ -103,7 +110,7 @@ def localise(
 ) -> KeyDiff:
     """Keys of the rows that differ within one slice (missing, extra or different)."""
     keyless = not key
-    probe = _Probe(spec, key_text(list(key) or list(copy_columns)), row_hash(checksum_columns))
+    probe = _Probe(spec, tuple(key or copy_columns), tuple(checksum_columns))
     result = KeyDiff(keyless=keyless)
     leaves = _descend(source, target, probe, result)
     src_rows = probe.leaf_rows(source, leaves)

@@ -333,8 +333,8 @@ def _read_indexes(
 def _exact_count(conn: Connection, table: TableInfo) -> int:
     from psycopg import sql
 
-    query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-        sql.Identifier(table.schema), sql.Identifier(table.name)
-    )
+    query = sql.SQL(
+        "SELECT count(*) FROM " + ("" if table.kind == "p" else "ONLY ") + "{}.{}"
+    ).format(sql.Identifier(table.schema), sql.Identifier(table.name))
     row = conn.execute(query).fetchone()
     return int(row[0]) if row else 0

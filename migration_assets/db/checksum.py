@@ -6,6 +6,10 @@ stable across versions. It costs a third of an md5 turned into 64 bits. It hashe
 native order, so a big-endian server would disagree: that shows as a loud mismatch, never
 as silent loss. Rows never leave the server; only two numbers do. The column list is the
 plan's, in the plan's order, so column order on disk cannot matter.
+
+Both sides hash the UTF-8 bytes of the row text whatever their server encoding
+(`TextBytes`), and read a table's own rows (`SliceSpec.own_rows`), never an inheritance
+parent's children's.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migration_assets.db.session import Connection
-from migration_assets.db.slices import SliceSpec, slice_bucket
+from migration_assets.db.slices import UTF8, SliceSpec, TextBytes, slice_bucket, text_bytes
 
 
 @dataclass(frozen=True)
@@ -31,14 +35,15 @@ class Checksum:
 EMPTY = Checksum(0, "0")
 
 
-def row_hash(columns: Sequence[str]) -> sql.Composable:
+def row_hash(columns: Sequence[str], text: TextBytes = UTF8) -> sql.Composable:
     row = sql.SQL(", ").join(map(sql.Identifier, columns))
-    return sql.SQL("hashtextextended(ROW({})::text, 0)").format(row)
+    return text.hash64(sql.SQL("ROW({})::text").format(row))
 
 
 def slice_checksum(conn: Connection, spec: SliceSpec, columns: Sequence[str]) -> Checksum:
+    text = text_bytes(conn)
     query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {} WHERE {}").format(
-        row_hash(columns), spec.relation, spec.predicate()
+        row_hash(columns, text), spec.own_rows, spec.predicate(text)
     )
     row = conn.execute(query).fetchone()
     assert row is not None
@@ -49,9 +54,10 @@ def checksums_by_slice(
     conn: Connection, spec: SliceSpec, columns: Sequence[str]
 ) -> dict[int, Checksum]:
     """Every slice's checksum in a single scan of the table (slices absent had no rows)."""
+    text = text_bytes(conn)
     query = sql.SQL(
         "SELECT {bucket} AS slice, count(*), coalesce(sum({hash}), 0)::text FROM {rel} GROUP BY 1"
-    ).format(bucket=slice_bucket(spec), hash=row_hash(columns), rel=spec.relation)
+    ).format(bucket=slice_bucket(spec, text), hash=row_hash(columns, text), rel=spec.own_rows)
     return {int(s): Checksum(int(n), str(d)) for s, n, d in conn.execute(query)}
 
 

@@ -18,7 +18,7 @@ from psycopg.copy import QueuedLibpqWriter
 from migration_assets.db.checksum import Checksum, slice_checksum
 from migration_assets.db.errors import MigrationError, safe_message
 from migration_assets.db.session import Connection, server_major
-from migration_assets.db.slices import SliceSpec
+from migration_assets.db.slices import SliceSpec, text_bytes
 
 CHUNK_BYTES = 64 * 1024
 QUEUED_CHUNKS = 64  # 4 MB in flight per copy: enough to overlap reading and writing
@@ -145,19 +145,24 @@ def _prepare_target(target: Connection, spec: SliceSpec) -> None:
 
 
 def _delete_slice(target: Connection, spec: SliceSpec) -> int:
-    cur = target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(spec.relation, spec.predicate()))
+    """The slice's own rows only: a parent's DELETE would also empty its children."""
+    cur = target.execute(
+        sql.SQL("DELETE FROM {} WHERE {}").format(spec.own_rows, spec.predicate(text_bytes(target)))
+    )
     return max(cur.rowcount, 0)
 
 
 def _stream(
     source: Connection, target: Connection, job: CopyTarget, binary: bool
 ) -> tuple[int, int]:
-    """Rows flow in chunks; the whole slice is never held in memory."""
+    """Rows flow in chunks; the whole slice is never held in memory. The source is read
+    through a SELECT (own rows: a parent's children are tables of their own), and arrives
+    as UTF-8 whatever the source's encoding (sessions pin client_encoding)."""
     spec = job.spec
     fmt = sql.SQL("(FORMAT binary)" if binary else "(FORMAT text)")
     columns = sql.SQL(", ").join(map(sql.Identifier, job.copy_columns))
     copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT {}").format(
-        columns, spec.relation, spec.predicate(), fmt
+        columns, spec.own_rows, spec.predicate(text_bytes(source)), fmt
     )
     copy_in = sql.SQL("COPY {} ({}) FROM STDIN {}").format(spec.relation, columns, fmt)
     nbytes = 0

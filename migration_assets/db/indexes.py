@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from migration_assets.db.session import Connection
+from migration_assets.db.slices import own_rows
 
 STATE_SCHEMA = "migration_assets_state"
 
@@ -82,9 +83,11 @@ def _ensure_state(conn: Connection) -> None:
     )
 
 
-def is_empty(conn: Connection, schema: str, table: str) -> bool:
+def is_empty(conn: Connection, schema: str, table: str, *, partitioned: bool = False) -> bool:
     row = conn.execute(
-        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(schema, table))
+        sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(
+            own_rows(schema, table, partitioned=partitioned)
+        )
     ).fetchone()
     conn.rollback()
     return bool(row and row[0])

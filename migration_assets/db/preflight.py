@@ -3,6 +3,10 @@
 A migration that creates the schema and then finds it may not set
 session_replication_role, or may not INSERT into a table, has already changed the
 target. These probes change nothing (each runs in a transaction that is rolled back).
+
+The same holds for the source's text: Supabase is UTF8, and a SQL_ASCII source stores
+whatever bytes it was given. Text that cannot become UTF-8 would fail mid-copy, after
+other tables were written; it is found here instead, by table and column (never values).
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import psycopg
+from psycopg import sql
 
 from migration_assets.db.errors import safe_message
 from migration_assets.db.session import Connection
+from migration_assets.db.slices import own_rows, text_bytes, unsupported_encoding
 
 
 def _quoted(schema: str, table: str) -> str:
@@ -51,7 +57,90 @@ def source_problems(conn: Connection, tables: list[tuple[str, str]]) -> list[str
     problems += [
         f"{t}: the source role may not SELECT it: GRANT SELECT ON {t} TO <role>" for t in lacking
     ]
+    unreadable = set(missing) | set(lacking)
+    readable = [(s, t) for s, t in tables if f"{s}.{t}" not in unreadable]
+    return problems + encoding_problems(conn, readable)
+
+
+# Every byte of these is a character UTF-8 has: their text always converts.
+ALWAYS_CONVERTS = frozenset({"UTF8", "LATIN1"})
+
+# Columns whose text may hold more than ASCII: not numbers, booleans, dates, times, bit
+# strings, addresses or geometry (by type category), nor bytea (hex) and uuid.
+_TEXTUAL_COLUMNS = """
+SELECT c.relkind = 'p', array_agg(a.attname::text ORDER BY a.attnum)
+FROM pg_class c
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE c.oid = to_regclass(%s)
+  AND t.typcategory <> ALL('{N,B,D,T,V,I,G}'::"char"[])
+  AND t.oid <> ALL(ARRAY['bytea'::regtype, 'uuid'::regtype]::oid[])
+GROUP BY c.relkind
+"""
+
+
+def encoding_problems(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[str]:
+    """Text on a non-UTF8 source that cannot become UTF-8, by table and column.
+
+    Costs one read of the textual columns, and only for sources whose bytes may not convert
+    (SQL_ASCII, single-byte encodings with undefined bytes); UTF8 and LATIN1 cost nothing.
+    """
+    encoding = text_bytes(conn).encoding
+    unsupported = unsupported_encoding(encoding)
+    if unsupported:
+        return [unsupported]
+    if encoding in ALWAYS_CONVERTS:
+        return []
+    problems = []
+    for schema, table in tables:
+        problems += _unconvertible(conn, encoding, schema, table)
+    conn.rollback()
     return problems
+
+
+def _unconvertible(conn: Connection, encoding: str, schema: str, table: str) -> list[str]:
+    row = conn.execute(_TEXTUAL_COLUMNS, [_quoted(schema, table)]).fetchone()
+    if row is None:
+        return []
+    relation = own_rows(schema, table, partitioned=bool(row[0]))
+    columns: list[str] = list(row[1])
+    if _converts(conn, relation, columns):  # one scan when all is well
+        return []
+    return [
+        _encoding_message(encoding, f"{schema}.{table}.{column}")
+        for column in columns
+        if not _converts(conn, relation, [column])
+    ]
+
+
+def _converts(conn: Connection, relation: sql.Composable, columns: list[str]) -> bool:
+    """Whether every value of `columns` converts to UTF-8 (the error names bytes, so it is
+    never shown: it could carry a piece of a value)."""
+    counts = sql.SQL(", ").join(
+        sql.SQL("count(convert_to({}::text, 'UTF8'))").format(sql.Identifier(c)) for c in columns
+    )
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("SELECT {} FROM {}").format(counts, relation))
+    except (psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter):
+        return False
+    return True
+
+
+def _encoding_message(encoding: str, where: str) -> str:
+    if encoding == "SQL_ASCII":
+        return (
+            f"{where}: holds bytes that are not valid UTF-8. The source database is SQL_ASCII "
+            "(it stores bytes unchecked) and Supabase is UTF8. Convert it first: dump it "
+            "(pg_dump), change the dump's `SET client_encoding = 'SQL_ASCII'` to the encoding "
+            "the text really is in (often LATIN1 or WIN1252), restore it into a database "
+            "created with ENCODING 'UTF8' and plan from that one; or correct those values"
+        )
+    return (
+        f"{where}: holds characters that have no UTF-8 equivalent in the source's encoding "
+        f"{encoding} (bytes that encoding leaves undefined): correct those values on the "
+        "source, then retry"
+    )
 
 
 def target_problems(conn: Connection, tables: list[tuple[str, str]]) -> list[str]:
