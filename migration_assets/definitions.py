@@ -1,27 +1,54 @@
 """The code location: Definitions built from the plan file alone (no database at import).
 
-`dagster dev -w workspace.yaml` loads this module; MIGRATION_PLAN names the plan.
+`dagster dev -w workspace.yaml` loads this module; MIGRATION_PLAN names the plan. Without
+it (a fresh clone, nothing configured yet) the plan shipped for this repository's own
+schema (plans/demo.json, the Alembic revisions' tables) loads instead, so the UI opens and
+shows what a migration looks like; every asset then says so in its description and
+metadata, and a warning is logged, so nobody mistakes it for their own database's plan.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import dagster as dg
 
 from migration_assets.defs.build import build_definitions
-from migration_assets.plan import load_plan
+from migration_assets.plan import MigrationPlan, load_plan
+
+SHIPPED_PLAN = Path(__file__).resolve().parent / "plans" / "demo.json"
+SHIPPED_NOTE = (
+    "Plan: the shipped plan for this repo's own schema (MIGRATION_PLAN is not set). "
+    "To migrate your database: `migration-assets plan --out plan.json`, review it, "
+    "`export MIGRATION_PLAN=$PWD/plan.json` and reload the code location."
+)
+
+log = logging.getLogger(__name__)
 
 
-def _plan_path() -> str:
+def _plan() -> tuple[MigrationPlan, bool]:
+    """The configured plan, or (shipped plan, True) when MIGRATION_PLAN is not set."""
     path = os.environ.get("MIGRATION_PLAN")
-    if not path:
-        raise RuntimeError(
-            "MIGRATION_PLAN is not set: write a plan with `migration-assets plan --out "
-            "plan.json`, review it, then `export MIGRATION_PLAN=$PWD/plan.json` and reload. "
-            "(`migration-assets ui` sets it for you.)"
-        )
-    return path
+    if path:
+        return load_plan(path), False
+    log.warning("%s Loading %s.", SHIPPED_NOTE, SHIPPED_PLAN)
+    return load_plan(SHIPPED_PLAN), True
 
 
-defs: dg.Definitions = build_definitions(load_plan(_plan_path()))
+def _mark_shipped(spec: dg.AssetSpec) -> dg.AssetSpec:
+    description = SHIPPED_NOTE + ("\n\n" + spec.description if spec.description else "")
+    return spec.replace_attributes(
+        description=description,
+        metadata={**spec.metadata, "plan": f"shipped: {SHIPPED_PLAN.name} (MIGRATION_PLAN unset)"},
+    )
+
+
+def build() -> dg.Definitions:
+    plan, shipped = _plan()
+    definitions = build_definitions(plan)
+    return definitions.map_asset_specs(func=_mark_shipped) if shipped else definitions
+
+
+defs: dg.Definitions = build()
