@@ -16,12 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from migration_assets.db.catalog import Catalog, TableInfo, read_catalog
 from migration_assets.db.dsn import mask_dsn
 from migration_assets.db.session import Connection
-from migration_assets.db.slices import SliceSpec, Strategy, compute_bounds, range_cast_type
+from migration_assets.db.slices import (
+    RANGE_TYPES,
+    SliceSpec,
+    Strategy,
+    compute_bounds,
+    range_cast_type,
+)
 
 PLAN_FORMAT = 1
 DEFAULT_ROWS_PER_PARTITION = 250_000
@@ -61,12 +67,44 @@ class ForeignKeyPlan(_Model):
         return f"{self.ref_schema}.{self.ref_table}"
 
 
+# key_type is cast to in SQL (`bound::key_type`): only these spellings are accepted
+KNOWN_RANGE_TYPES = frozenset(RANGE_TYPES | {"numeric"})
+
+
 class SlicingPlan(_Model):
+    """People edit plans: whatever reaches SQL is checked here, when the plan loads."""
+
     strategy: Strategy
     key: list[str]
     key_type: str | None = None
     bounds: list[str] = Field(default_factory=list)
-    partitions: int = 1
+    partitions: int = Field(default=1, ge=1)
+
+    @field_validator("key_type")
+    @classmethod
+    def _known_range_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in KNOWN_RANGE_TYPES:
+            raise ValueError(
+                f"{value!r} is not a known range type "
+                f"(one of {', '.join(sorted(KNOWN_RANGE_TYPES))})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SlicingPlan:
+        if self.strategy is Strategy.RANGE:
+            if len(self.key) != 1 or self.key_type is None:
+                raise ValueError("a range slicing needs one key column and its key_type")
+            if len(self.bounds) != self.partitions - 1:
+                raise ValueError(
+                    f"a range slicing of {self.partitions} partitions needs "
+                    f"{self.partitions - 1} bounds, the plan has {len(self.bounds)}"
+                )
+        elif self.bounds:
+            raise ValueError(f"a {self.strategy.value} slicing takes no bounds")
+        if self.strategy is Strategy.SINGLE and self.partitions != 1:
+            raise ValueError("a single slicing has exactly 1 partition")
+        return self
 
 
 class TablePlan(_Model):
@@ -83,6 +121,26 @@ class TablePlan(_Model):
     # declaratively partitioned (relkind 'p'): read whole; any other table reads its own
     # rows only (ONLY), since inheritance children are planned as tables of their own
     partitioned: bool = False
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> TablePlan:
+        names = {c.name for c in self.columns}
+        used = [("key", self.key), ("slicing.key", self.slicing.key)]
+        used += [(f"foreign key {fk.name}", fk.columns) for fk in self.foreign_keys]
+        for where, columns in used:
+            unknown = [c for c in columns if c not in names]
+            if unknown:
+                raise ValueError(
+                    f"{self.schema_name}.{self.name}: {where} names {', '.join(map(repr, unknown))}"
+                    ", which is not among the table's columns"
+                )
+        return self
+
+    @property
+    def key_types(self) -> list[str]:
+        """The key columns' types, in key order (a surrogate key is listed plainly)."""
+        types = {c.name: c.type for c in self.columns}
+        return [types[k] for k in self.key]
 
     @property
     def qualified(self) -> str:
@@ -232,8 +290,19 @@ def load_plan(path: Path | str) -> MigrationPlan:
         )
     try:
         return MigrationPlan.model_validate(raw)
-    except ValueError as exc:
-        raise PlanError(f"plan file {path} is invalid: {exc}") from None
+    except ValidationError as exc:
+        raise PlanError(f"plan file {path} is invalid: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """One line per problem, `tables[3].slicing.key_type: why`; never pydantic's dump of
+    the input (a plan holds no row values, but the lines stay short and readable)."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.get("loc", ()))
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"{path.lstrip('.')}: {message}" if path else message)
+    return "; ".join(lines)
 
 
 def save_plan(plan: MigrationPlan, path: Path | str) -> Path:
