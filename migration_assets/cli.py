@@ -1,4 +1,4 @@
-"""`migration-assets`: demo, plan, migrate, status, verify, report, ui.
+"""`migration-assets`: demo, plan, migrate, status, verify, report, locate, ui.
 
 Exit codes: 0 everything verified; 1 something did not verify (details printed);
 2 configuration or connection problem (the message names the fix).
@@ -37,7 +37,7 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 if TYPE_CHECKING:
     import dagster as dg
 
-    from migration_assets.plan import MigrationPlan
+    from migration_assets.plan import MigrationPlan, TablePlan
     from migration_assets.runner import MigrateReport, Runner
 
 EXIT_OK, EXIT_UNVERIFIED, EXIT_CONFIG = 0, 1, 2
@@ -112,6 +112,19 @@ def _parser() -> argparse.ArgumentParser:
     what = report.add_mutually_exclusive_group(required=True)
     what.add_argument("--out", type=Path, help="write the next report of the chain into DIR")
     what.add_argument("--check", type=Path, help="verify the digest chain of the reports in DIR")
+
+    locate = sub.add_parser(
+        "locate", help="where the row of a reported key hash (key#..., row#...) lives"
+    )
+    locate.add_argument("hash", help="as reported, e.g. key#3f9a1c2b7d4e")
+    _plan_option(locate)
+    locate.add_argument("--table", help="only this table (schema.table)")
+    locate.add_argument(
+        "--on",
+        choices=["source", "target"],
+        default="source",
+        help="the server to search (default: source; `extra` rows exist on the target only)",
+    )
     return parser
 
 
@@ -399,6 +412,80 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK if complete else EXIT_UNVERIFIED
 
 
+# ---------------------------------------------------------------- locate
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    """Stream key text from one server, hash it with the operator's secret, print positions:
+    the operator gets a `SELECT ... WHERE ctid = ...` to run, never the key itself."""
+    from migration_assets.db.keyhash import KEY_PREFIX, ROW_PREFIX, load_secret, parse_label
+    from migration_assets.db.locate import find_rows
+    from migration_assets.db.session import connect
+    from migration_assets.plan import load_plan
+
+    settings = load_settings(args.env_file)
+    try:
+        kind, digest = parse_label(args.hash)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
+    plan = load_plan(settings.plan_path(args.plan))
+    tables = _locate_tables(plan, args.table, kind)
+    settings.export_environment()
+    secret = load_secret(create=False)
+    dsn, setting = (
+        (settings.source_dsn, "SOURCE_DATABASE_URL")
+        if args.on == "source"
+        else (settings.target_dsn, "SUPABASE_DB_URL")
+    )
+    found = 0
+    with connect(dsn, setting=setting, sslrootcert=settings.sslrootcert) as conn:
+        for t in tables:
+            prefix = KEY_PREFIX if t.key else ROW_PREFIX
+            for where in find_rows(
+                conn,
+                schema=t.schema_name,
+                table=t.name,
+                columns=t.key or t.copy_columns,
+                partitioned=t.partitioned,
+                wanted=prefix + digest,
+                secret=secret,
+                prefix=prefix,
+            ):
+                found += 1
+                out.print(f"{t.qualified} on the {args.on}: ctid {where.ctid}", markup=False)
+                out.print(f"  {where.select}", markup=False, soft_wrap=True)
+    if found:
+        out.print("(a ctid holds until the row is updated or the table is rewritten)")
+        return EXIT_OK
+    out.print(
+        f"no row of {len(tables)} table(s) on the {args.on} hashes to {prefix_of(kind)}{digest}: "
+        "the row may exist on the other side only (`--on target` for `extra` rows), or the "
+        "hash was made with another secret (MIGRATION_KEY_SECRET, $DAGSTER_HOME/key_secret)",
+        soft_wrap=True,
+    )
+    return EXIT_UNVERIFIED
+
+
+def prefix_of(kind: str | None) -> str:
+    return f"{kind}#" if kind else ""
+
+
+def _locate_tables(plan: MigrationPlan, name: str | None, kind: str | None) -> list[TablePlan]:
+    """Tables whose rows are reported by hash (natural keys: key#; no key: row#)."""
+    from migration_assets.db.keyhash import is_surrogate
+
+    if name:
+        table = plan.table(name)
+        if is_surrogate(table.key_types):
+            raise PlanError(
+                f"{name} has a surrogate key ({', '.join(table.key)}): reports show its keys "
+                "as they are, there is no hash to locate"
+            )
+        return [table]
+    hashed = [t for t in plan.tables if not is_surrogate(t.key_types)]
+    return [t for t in hashed if kind is None or (kind == "key") == bool(t.key)]
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -447,6 +534,7 @@ COMMANDS = {
     "status": cmd_status,
     "verify": cmd_verify,
     "report": cmd_report,
+    "locate": cmd_locate,
     "ui": cmd_ui,
 }
 

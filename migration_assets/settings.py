@@ -60,6 +60,8 @@ class Settings(BaseSettings):
         default=SchemaMode.ALEMBIC, alias="MIGRATION_SCHEMA_MODE"
     )
     migration_plan: Path | None = Field(default=None, alias="MIGRATION_PLAN")
+    migration_key_secret: SecretStr | None = Field(default=None, alias="MIGRATION_KEY_SECRET")
+    # HMAC secret naming natural keys in reports; unset: $DAGSTER_HOME/key_secret (keyhash.py)
     dagster_home: Path | None = Field(default=None, alias="DAGSTER_HOME")
     migration_target_connections: int = Field(
         default=4, ge=1, le=1000, alias="MIGRATION_TARGET_CONNECTIONS"
@@ -178,6 +180,8 @@ class Settings(BaseSettings):
         """Put `.env` values into os.environ, where Dagster's EnvVar and dagster.yaml look."""
         for key, value in self._urls().items():
             os.environ[key] = value
+        if self.migration_key_secret is not None:  # read by db.keyhash in check processes
+            os.environ["MIGRATION_KEY_SECRET"] = self.migration_key_secret.get_secret_value()
         for key, path in (
             ("SUPABASE_SSLROOTCERT", self.supabase_sslrootcert),
             ("MIGRATION_PLAN", self.migration_plan),

@@ -5,7 +5,7 @@ One subsettable multi-check per table, so the UI can run a single check while a 
 """
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -19,6 +19,14 @@ from migration_assets.db.bisect import KeyDiff, localise
 from migration_assets.db.dsn import is_local_host, parse_dsn
 from migration_assets.db.errors import MigrationError, safe_message
 from migration_assets.db.exposure import Exposure, describe
+from migration_assets.db.keyhash import (
+    KEY_PREFIX,
+    ROW_PREFIX,
+    is_surrogate,
+    label,
+    load_secret,
+    unwrap_record,
+)
 from migration_assets.defs.assets import (
     SCHEMA_KEY,
     SEQUENCES_KEY,
@@ -113,11 +121,14 @@ def _run_checks(
         if TABLE_ROW_COUNT in selected:
             yield _row_count_result(comparison)
         if TABLE_CHECKSUM in selected:
-            diff = _localise(source, target, table, comparison) if not comparison.equal else None
-            yield _checksum_result(comparison, diff)
+            labels = KeyLabels(table)
+            diff = None
+            if not comparison.equal:
+                diff = _localise(source, target, table, comparison, labels)
+            yield _checksum_result(comparison, diff, labels)
     with target.connect() as conn:
         if FOREIGN_KEYS_INTACT in selected:
-            yield _foreign_keys_result(conn, table)
+            yield _foreign_keys_result(conn, table, KeyLabels(table))
         if selected & {RLS_ENABLED, NO_API_GRANTS}:
             posture = security_posture(
                 conn,
@@ -167,7 +178,39 @@ def _row_count_result(c: TableComparison) -> dg.AssetCheckResult:
     )
 
 
-def _checksum_result(c: TableComparison, diff: KeyDiff | None) -> dg.AssetCheckResult:
+class KeyLabels:
+    """How one table's rows are named in metadata: surrogate keys plainly; natural keys and
+    key-less rows as keyed hashes (db/keyhash.py), the secret read only when one is needed."""
+
+    def __init__(self, table: TablePlan) -> None:
+        self.keyed = bool(table.key)
+        self.plain = is_surrogate(table.key_types)
+        self._secret: bytes | None = None
+
+    def __call__(self, key_text: str) -> str:
+        if self.plain:
+            return key_text
+        if self._secret is None:
+            self._secret = load_secret()
+        return label(key_text, self._secret, prefix=KEY_PREFIX if self.keyed else ROW_PREFIX)
+
+    def from_record(self, record_text: str, columns: int) -> str:
+        """An FK sample key (ROW(...)::text): hashed as the bisection's key text is."""
+        if self.plain:
+            return record_text
+        return self(unwrap_record(record_text) if columns == 1 else record_text)
+
+    @property
+    def kind(self) -> str:
+        if self.plain:
+            return "primary keys"
+        what = "natural primary keys" if self.keyed else "whole rows (table has no key)"
+        return f"keyed hashes of {what}: `migration-assets locate HASH` finds the row"
+
+
+def _checksum_result(
+    c: TableComparison, diff: KeyDiff | None, labels: KeyLabels
+) -> dg.AssetCheckResult:
     metadata: dict[str, Any] = {
         "table": c.table,
         "source_checksum": c.source.digest,
@@ -179,14 +222,21 @@ def _checksum_result(c: TableComparison, diff: KeyDiff | None) -> dg.AssetCheckR
         metadata["keys"] = dg.MetadataValue.md(
             "\n".join(f"- {k}" for k in diff.listed()) or "none found"
         )
-        metadata["keys_are"] = "row hashes (table has no key)" if diff.keyless else "primary keys"
+        metadata["keys_are"] = labels.kind
     return dg.AssetCheckResult(check_name=TABLE_CHECKSUM, passed=c.equal, metadata=metadata)
 
 
 def _localise(
-    source: SourceDatabase, target: TargetDatabase, table: TablePlan, c: TableComparison
+    source: SourceDatabase,
+    target: TargetDatabase,
+    table: TablePlan,
+    c: TableComparison,
+    labels: KeyLabels,
 ) -> KeyDiff:
-    """Bisect the differing slices until KEYS_LISTED keys are named (all are counted)."""
+    """Bisect the differing slices until KEYS_LISTED keys are named (all are counted).
+
+    A key-less table is bisected on its whole row's text, as `localise` does, but named
+    here, so its rows get the same keyed hash as natural keys (not an unkeyed sha256)."""
     total = KeyDiff(keyless=not table.key)
     with source.connect() as src, target.connect() as tgt:
         for pk in c.differing_slices:
@@ -194,21 +244,21 @@ def _localise(
                 src,
                 tgt,
                 table.slice(pk),
-                key=table.key,
+                key=table.key or table.copy_columns,
                 checksum_columns=table.checksum_columns,
                 copy_columns=table.copy_columns,
                 limit=KEYS_LISTED,
             )
             for kind in ("missing", "extra", "different"):
-                for label in getattr(part, kind):
+                for ident in getattr(part, kind):
                     if len(total.listed()) < KEYS_LISTED:
-                        getattr(total, kind).append(label)
+                        getattr(total, kind).append(labels(ident))
             total.total += part.total
             total.scans += part.scans
     return total
 
 
-def _foreign_keys_result(conn: Any, table: TablePlan) -> dg.AssetCheckResult:
+def _foreign_keys_result(conn: Any, table: TablePlan, labels: KeyLabels) -> dg.AssetCheckResult:
     findings = []
     for fk in table.foreign_keys:
         count, keys = orphan_rows(
@@ -222,7 +272,7 @@ def _foreign_keys_result(conn: Any, table: TablePlan) -> dg.AssetCheckResult:
             ref_columns=fk.ref_columns,
         )
         if count:
-            shown = f"; keys {', '.join(keys)}" if keys else ""
+            shown = f"; keys {', '.join(_orphan_labels(keys, table.key, labels))}" if keys else ""
             findings.append(f"{fk.name} -> {fk.ref_qualified}: {count} orphan row(s){shown}")
     return dg.AssetCheckResult(
         check_name=FOREIGN_KEYS_INTACT,
@@ -231,8 +281,13 @@ def _foreign_keys_result(conn: Any, table: TablePlan) -> dg.AssetCheckResult:
             "table": table.qualified,
             "foreign_keys": len(table.foreign_keys),
             "orphans": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none"),
+            "keys_are": labels.kind,
         },
     )
+
+
+def _orphan_labels(keys: Sequence[str], key: Sequence[str], labels: KeyLabels) -> list[str]:
+    return [labels.from_record(k, len(key)) for k in keys]
 
 
 @dg.asset_check(
