@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from dagster._serdes import serialize_value
 
-from migration_assets.defs.assets import SEQUENCES_AHEAD
+from migration_assets.defs.assets import DATA_API_LOCKED_DOWN, SEQUENCES_AHEAD
 from migration_assets.defs.checks import (
     FOREIGN_KEYS_INTACT,
     NO_API_GRANTS,
@@ -107,6 +107,7 @@ def test_every_check_passes_clean_and_fails_on_its_corruption(
         ("supabase_sequences", SEQUENCES_AHEAD),
         ("public/appointments", RLS_ENABLED),
         ("public/providers", NO_API_GRANTS),
+        ("supabase_schema", DATA_API_LOCKED_DOWN),  # the same exposure, judged before a load
     }
     assert set(failures) == expected, "a check failed that should not have, or vice versa"
     code, output = run_cli(["verify", "--tables", "public.providers"])
