@@ -1,0 +1,208 @@
+"""deploy/: the instance configs validate against Dagster's schema, and the pieces agree.
+
+Validation goes as far as it can without a database: Dagster's own loader checks the
+instance schema (`InstanceRef.from_dir`), then every configured class's config is
+processed against that class's schema exactly as `ConfigurableClassData.rehydrate` does,
+without constructing it (constructing the PostgreSQL storage would connect). The Docker run
+launcher is not installed here (it is the `deploy-docker` extra), so its config is checked
+for shape and for agreement with docker-compose.yaml instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster._config import process_config, resolve_to_config_type
+from dagster._core.instance.config import PoolGranularity
+from dagster._core.instance.ref import InstanceRef
+from dagster._serdes.config_class import ConfigurableClassData
+from dagster_shared.yaml_utils import load_yaml_from_path
+
+from migration_assets.db.session import NETWORK_TIMEOUT_ENV
+from migration_assets.settings import SETTING_NAMES
+
+pytestmark = pytest.mark.unit
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+STORAGE_ENV = {
+    "DAGSTER_PG_USERNAME": "dagster",
+    "DAGSTER_PG_PASSWORD": "not-a-real-password",
+    "DAGSTER_PG_HOST": "storage.invalid",
+    "DAGSTER_PG_DB": "dagster",
+    "DAGSTER_PG_PORT": "5432",
+}
+# Set by the image itself (deploy/docker/Dockerfile ENV), not passed per run.
+BAKED_INTO_IMAGE = {
+    "DAGSTER_HOME",
+    "MIGRATION_PLAN",
+    "SUPABASE_SSLROOTCERT",
+    "MIGRATION_ALEMBIC_CONFIG",
+    "MIGRATION_PG_BIN",
+}
+DOCKER_LAUNCHER_KEYS = {"image", "registry", "env_vars", "network", "networks", "container_kwargs"}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    loaded = load_yaml_from_path(str(path))  # a safe loader, as Dagster reads dagster.yaml
+    assert isinstance(loaded, dict), f"{path} is not a YAML mapping"
+    return loaded
+
+
+def _class_data(ref: InstanceRef) -> dict[str, ConfigurableClassData]:
+    fields = {
+        "storage": ref.storage_data,
+        "run_coordinator": ref.run_coordinator_data,
+        "run_launcher": ref.run_launcher_data,
+        "compute_logs": ref.compute_logs_data,
+        "local_artifact_storage": ref.local_artifact_storage_data,
+        "scheduler": ref.scheduler_data,
+    }
+    return {name: data for name, data in fields.items() if data is not None}
+
+
+def _check_class_config(data: ConfigurableClassData) -> None:
+    """What `rehydrate` does before it constructs the class: import it, process its config."""
+    klass = getattr(importlib.import_module(data.module_name), data.class_name)
+    result = process_config(resolve_to_config_type(klass.config_type()), data.config_dict)
+    assert result.success, f"{data.class_name}: {[e.message for e in result.errors or []]}"
+
+
+def _validated_ref(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, skip: set[str]
+) -> InstanceRef:
+    for name, value in STORAGE_ENV.items():
+        monkeypatch.setenv(name, value)
+    ref = InstanceRef.from_dir(
+        str(tmp_path), config_dir=str(config.parent), config_filename=config.name
+    )
+    for name, data in _class_data(ref).items():
+        if name not in skip:
+            _check_class_config(data)
+    return ref
+
+
+def _assert_production_settings(ref: InstanceRef) -> None:
+    settings: dict[str, Any] = dict(ref.settings)
+    assert ref.run_coordinator_data is not None
+    assert ref.run_coordinator_data.class_name == "QueuedRunCoordinator"
+    assert ref.storage_data is not None
+    assert ref.storage_data.class_name == "DagsterPostgresStorage"
+    assert ref.storage_data.config_dict["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert ref.compute_logs_data.class_name == "NoOpComputeLogManager"
+    monitoring = settings["run_monitoring"]
+    assert monitoring["enabled"] is True
+    assert monitoring["max_resume_run_attempts"] == 0
+    assert monitoring["free_slots_after_run_end_seconds"] > 0
+    retries = settings["run_retries"]
+    assert retries["enabled"] is True
+    assert 0 < retries["max_retries"] <= 3
+    assert retries["retry_on_asset_or_op_failure"] is False
+    pools = settings["concurrency"]["pools"]
+    assert PoolGranularity(pools["granularity"]) is PoolGranularity.OP
+    assert pools["default_limit"] >= 1
+    assert settings["telemetry"] == {"enabled": False}
+    assert settings["nux"] == {"enabled": False}
+
+
+def test_production_instance_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = _validated_ref(DEPLOY / "dagster.yaml", tmp_path, monkeypatch, skip=set())
+    _assert_production_settings(ref)
+    assert ref.run_launcher_data is None or ref.run_launcher_data.class_name == (
+        "DefaultRunLauncher"
+    )
+
+
+def test_instance_config_fails_without_storage_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validation really resolves the storage's env vars (so it checks something)."""
+    for name, value in STORAGE_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DAGSTER_PG_HOST")
+    config = DEPLOY / "dagster.yaml"
+    ref = InstanceRef.from_dir(
+        str(tmp_path), config_dir=str(config.parent), config_filename=config.name
+    )
+    assert ref.storage_data is not None
+    with pytest.raises(AssertionError, match="DAGSTER_PG_HOST"):
+        _check_class_config(ref.storage_data)
+
+
+def test_docker_instance_validates_and_matches_production(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = _validated_ref(
+        DEPLOY / "docker" / "dagster.yaml", tmp_path, monkeypatch, skip={"run_launcher"}
+    )
+    _assert_production_settings(ref)
+    launcher = ref.run_launcher_data
+    assert launcher is not None
+    assert (launcher.module_name, launcher.class_name) == ("dagster_docker", "DockerRunLauncher")
+    assert set(launcher.config_dict) <= DOCKER_LAUNCHER_KEYS
+    production = _load(DEPLOY / "dagster.yaml")
+    docker = _load(DEPLOY / "docker" / "dagster.yaml")
+    for section in ("storage", "run_coordinator", "concurrency", "run_monitoring", "run_retries"):
+        assert docker[section] == production[section], f"{section} differs from deploy/"
+
+
+def test_docker_runs_get_every_setting() -> None:
+    """Each run container gets every setting, and the daemon has each name it passes on."""
+    launcher = _load(DEPLOY / "docker" / "dagster.yaml")["run_launcher"]["config"]
+    passed = set(launcher["env_vars"])
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    wanted = {*SETTING_NAMES, NETWORK_TIMEOUT_ENV, *STORAGE_ENV}
+    missing = {n for n in wanted - passed if not (n in BAKED_INTO_IMAGE and n in dockerfile)}
+    assert not missing, f"run containers would lack {sorted(missing)}"
+    compose = _load(DEPLOY / "docker" / "docker-compose.yaml")
+    daemon_env = set(compose["services"]["daemon"]["environment"])
+    code_env = set(compose["services"]["user_code"]["environment"])
+    assert passed <= daemon_env, f"unset in the daemon: {sorted(passed - daemon_env)}"
+    assert passed <= code_env, f"unset in the code server: {sorted(passed - code_env)}"
+
+
+def test_docker_compose_pieces_agree() -> None:
+    compose = _load(DEPLOY / "docker" / "docker-compose.yaml")
+    services = compose["services"]
+    assert set(services) == {"dagster_postgres", "user_code", "webserver", "daemon"}
+    code = services["user_code"]
+    assert "migration_assets.definitions" in code["command"]
+    assert code["environment"]["DAGSTER_CURRENT_IMAGE"] == code["image"]
+    assert {services[s]["image"] for s in ("webserver", "daemon")} == {code["image"]}
+    port = code["command"][code["command"].index("--port") + 1]
+    grpc = _load(DEPLOY / "docker" / "workspace.yaml")["load_from"][0]["grpc_server"]
+    assert (grpc["host"], str(grpc["port"])) == ("user_code", port)
+    launcher = _load(DEPLOY / "docker" / "dagster.yaml")["run_launcher"]["config"]
+    assert compose["networks"]["migration"]["name"] == launcher["network"]
+    assert "127.0.0.1:" in services["webserver"]["ports"][0]  # the UI has no login
+
+
+def _inline_secrets(values: dict[str, Any]) -> list[str]:
+    env: dict[str, str] = {}
+    for deployment in values["dagster-user-deployments"]["deployments"]:
+        env.update(deployment.get("env") or {})
+    words = ("URL", "PASSWORD", "SECRET", "KEY")
+    return [name for name in env if any(w in name.upper() for w in words)]
+
+
+def test_helm_values() -> None:
+    values = _load(DEPLOY / "k8s" / "values.yaml")
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    daemon = values["dagsterDaemon"]
+    assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert daemon["runMonitoring"]["enabled"] is True
+    assert daemon["runMonitoring"]["maxResumeRunAttempts"] == 0
+    assert daemon["runRetries"]["retryOnAssetOrOpFailure"] is False
+    pools = values["concurrency"]["pools"]
+    assert pools["granularity"] == "op"
+    production = _load(DEPLOY / "dagster.yaml")["concurrency"]["pools"]
+    assert pools["defaultLimit"] == production["default_limit"]
+    assert values["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert "migration_assets.definitions" in deployment["dagsterApiGrpcArgs"]
+    assert deployment["envSecrets"], "settings must come from a Secret"
+    assert not _inline_secrets(values), "secrets belong in a Kubernetes Secret"
+    assert values["computeLogManager"]["type"] == "NoOpComputeLogManager"
+    assert values["telemetry"]["enabled"] is False
