@@ -17,6 +17,7 @@ import dagster as dg
 
 from migration_assets.defs.build import build_definitions
 from migration_assets.plan import MigrationPlan, load_plan
+from migration_assets.settings import load_settings
 
 SHIPPED_PLAN = Path(__file__).resolve().parent / "plans" / "demo.json"
 SHIPPED_NOTE = (
@@ -46,8 +47,10 @@ def _mark_shipped(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 
 def build() -> dg.Definitions:
+    settings = load_settings()  # the environment, or .env in the working directory
+    settings.export_environment()  # where run workers' EnvVars and database code read them
     plan, shipped = _plan()
-    definitions = build_definitions(plan)
+    definitions = build_definitions(plan, settings)
     return definitions.map_asset_specs(func=_mark_shipped) if shipped else definitions
 
 

@@ -7,29 +7,22 @@ check fails when the source drifts away from what was reviewed.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from migration_assets.db.catalog import Catalog, TableInfo, read_catalog
-from migration_assets.db.dsn import mask_dsn
-from migration_assets.db.session import Connection
 from migration_assets.db.slices import (
     RANGE_TYPES,
     SliceSpec,
     Strategy,
-    compute_bounds,
-    range_cast_type,
 )
 
 PLAN_FORMAT = 1
+FINGERPRINT_CHARS = 8
 DEFAULT_ROWS_PER_PARTITION = 250_000
 DEFAULT_MIN_PARTITIONS = 4
 MIN_ROWS_TO_SPLIT = 10_000
@@ -166,15 +159,30 @@ class TablePlan(_Model):
 
     @property
     def partition_keys(self) -> list[str]:
-        return [partition_key(i) for i in range(self.slicing.partitions)]
+        """ "003-1f2e3d4c": the slice's index and what it means (see SliceSpec.fingerprint)."""
+        return [partition_key(i, self._spec(i).fingerprint) for i in range(self.slicing.partitions)]
 
-    def slice(self, index: int | str) -> SliceSpec:
-        i = int(index)
+    def slice(self, key: int | str) -> SliceSpec:
+        """The slice a partition key (or a bare index) means under this plan; a key from an
+        older plan whose slice means other rows now is refused, not silently reinterpreted."""
+        index, _, fingerprint = str(key).partition("-")
+        try:
+            i = int(index)
+        except ValueError:
+            raise PlanError(f"{self.qualified}: {key!r} is not a partition key") from None
         if not 0 <= i < self.slicing.partitions:
             raise PlanError(
-                f"{self.qualified} has partitions 000..{self.slicing.partitions - 1:03d}, "
-                f"not {index}"
+                f"{self.qualified} has partitions 000..{self.slicing.partitions - 1:03d}, not {key}"
             )
+        spec = self._spec(i)
+        if fingerprint and not spec.fingerprint.startswith(fingerprint):
+            raise PlanError(
+                f"{self.qualified} partition {key} belongs to an older plan: that slice now "
+                f"means other rows ({partition_key(i, spec.fingerprint)})"
+            )
+        return spec
+
+    def _spec(self, i: int) -> SliceSpec:
         return SliceSpec(
             schema=self.schema_name,
             table=self.name,
@@ -269,8 +277,8 @@ def dagster_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name) + "_" + digest
 
 
-def partition_key(index: int) -> str:
-    return f"{index:03d}"
+def partition_key(index: int, fingerprint: str) -> str:
+    return f"{index:03d}-{fingerprint[:FINGERPRINT_CHARS]}"
 
 
 def load_plan(path: Path | str) -> MigrationPlan:
@@ -311,164 +319,6 @@ def save_plan(plan: MigrationPlan, path: Path | str) -> Path:
     data = plan.model_dump(mode="json", by_alias=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return path
-
-
-def partitions_for(
-    rows: int, rows_per_partition: int, min_partitions: int, split_above: int = MIN_ROWS_TO_SPLIT
-) -> int:
-    """Small tables get one slice; big ones ~rows_per_partition each, at least min_partitions."""
-    if rows < split_above:
-        return 1
-    wanted = max(min_partitions, math.ceil(rows / rows_per_partition))
-    return min(MAX_PARTITIONS, wanted)
-
-
-def build_plan(
-    conn: Connection,
-    *,
-    source_dsn: str,
-    rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
-    min_partitions: int = DEFAULT_MIN_PARTITIONS,
-    split_above: int = MIN_ROWS_TO_SPLIT,
-    schemas: list[str] | None = None,
-    exclude: frozenset[str] = SCHEMA_OWNED_TABLES,
-) -> MigrationPlan:
-    """Reflect the source into a plan; no table is silently dropped (see `skipped`)."""
-    catalog = read_catalog(conn, exact_counts_below=MIN_ROWS_TO_SPLIT)
-    if schemas:
-        catalog = catalog.in_schemas(schemas)
-    sizing = _Sizing(rows_per_partition, min_partitions, split_above)
-    tables = [
-        _table_plan(conn, info, sizing)
-        for name, info in sorted(catalog.tables.items())
-        if name not in exclude
-    ]
-    skipped = dict(catalog.skipped)
-    skipped.update({name: "owned by the schema step" for name in exclude if name in catalog.tables})
-    return MigrationPlan(
-        app_queries=_lookup_queries(tables),
-        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        source=mask_dsn(source_dsn),
-        source_server_version=catalog.server_version,
-        source_encoding=_server_encoding(conn),
-        tables=tables,
-        sequences=_sequence_plans(catalog),
-        enums={k: list(v) for k, v in catalog.enums.items()},
-        skipped=skipped,
-    )
-
-
-def _server_encoding(conn: Connection) -> str:
-    row = conn.execute("SHOW server_encoding").fetchone()
-    return str(row[0]) if row else "UTF8"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lookup_queries(tables: list[TablePlan], count: int = 3) -> list[AppQuery]:
-    """By default the app's reads are 'fetch one row by key' on the largest tables; edit the
-    plan to put the application's real queries here."""
-    keyed = [t for t in tables if len(t.key) == 1]
-    keyed.sort(key=lambda t: -t.row_estimate)
-    queries = []
-    for t in keyed[:count]:
-        rel, key = f"{_quote(t.schema_name)}.{_quote(t.name)}", _quote(t.key[0])
-        wide = t.size_bytes > WIDE_ROW_BYTES * max(1, t.row_estimate)
-        queries.append(
-            AppQuery(  # rows of megabytes would time the network, not the database
-                name=f"{t.qualified} by key" + (" (key only: wide rows)" if wide else ""),
-                sql=f"SELECT {key if wide else '*'} FROM {rel} WHERE {key} = %s",
-                sample_sql=f"SELECT {key} FROM {rel} LIMIT 50",
-            )
-        )
-    return queries
-
-
-def _sequence_plans(catalog: Catalog) -> list[SequencePlan]:
-    return [
-        SequencePlan(
-            schema=s.schema,
-            name=s.name,
-            table=f"{s.owner_schema}.{s.owner_table}" if s.owner_table else None,
-            column=s.owner_column,
-        )
-        for s in catalog.sequences
-    ]
-
-
-@dataclass(frozen=True)
-class _Sizing:
-    rows_per_partition: int
-    min_partitions: int
-    split_above: int
-
-    def partitions(self, rows: int) -> int:
-        return partitions_for(rows, self.rows_per_partition, self.min_partitions, self.split_above)
-
-
-def _table_plan(conn: Connection, info: TableInfo, sizing: _Sizing) -> TablePlan:
-    columns = [
-        ColumnPlan(
-            name=c.name,
-            type=c.type,
-            nullable=not c.not_null,
-            generated=c.generated,
-            binary_safe=c.binary_safe,
-        )
-        for c in info.columns
-    ]
-    return TablePlan(
-        schema=info.schema,
-        name=info.name,
-        key=list(info.primary_key),
-        key_source=info.key_source,
-        columns=columns,
-        slicing=_slicing(conn, info, sizing.partitions(info.reltuples)),
-        foreign_keys=[
-            ForeignKeyPlan(
-                name=fk.name,
-                columns=list(fk.columns),
-                ref_schema=fk.ref_schema,
-                ref_table=fk.ref_table,
-                ref_columns=list(fk.ref_columns),
-            )
-            for fk in info.foreign_keys
-        ],
-        row_estimate=info.reltuples,
-        size_bytes=info.size_bytes,
-        partitioned=info.kind == "p",
-    )
-
-
-def _slicing(conn: Connection, info: TableInfo, wanted: int) -> SlicingPlan:
-    copyable = [c.name for c in info.columns if not c.generated]
-    if wanted == 1:
-        return SlicingPlan(strategy=Strategy.SINGLE, key=list(info.primary_key or copyable))
-    if len(info.primary_key) == 1:
-        column = next(c for c in info.columns if c.name == info.primary_key[0])
-        cast = range_cast_type(column.type)
-        if cast is not None:
-            bounds = compute_bounds(
-                conn,
-                info.schema,
-                info.name,
-                column.name,
-                wanted,
-                rows=info.reltuples,
-                partitioned=info.kind == "p",
-            )
-            return SlicingPlan(
-                strategy=Strategy.RANGE,
-                key=[column.name],
-                key_type=cast,
-                bounds=bounds,
-                partitions=len(bounds) + 1,
-            )
-    return SlicingPlan(
-        strategy=Strategy.HASH, key=list(info.primary_key or copyable), partitions=wanted
-    )
 
 
 def plan_summary(plan: MigrationPlan) -> list[dict[str, Any]]:

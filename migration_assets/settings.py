@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     )  # cold tables with at least this many rows load without secondary indexes; -1: never
     migration_statement_timeout: str = Field(default="0", alias="MIGRATION_STATEMENT_TIMEOUT")
     # statement_timeout of every session of ours: seconds or a PostgreSQL duration; 0: none
+    migration_network_timeout: int = Field(default=60, ge=3, alias="MIGRATION_NETWORK_TIMEOUT")
+    # seconds a silent network may take before a connection is given up
+    migration_alembic_config: Path | None = Field(default=None, alias="MIGRATION_ALEMBIC_CONFIG")
+    # the application's alembic.ini (default: ./alembic.ini, else this repository's)
+    migration_pg_bin: Path | None = Field(default=None, alias="MIGRATION_PG_BIN")
+    # a PostgreSQL bin directory for pg_dump/psql and the throwaway stack
 
     @field_validator("migration_statement_timeout", mode="before")
     @classmethod
@@ -174,24 +180,25 @@ class Settings(BaseSettings):
         shown["DAGSTER_HOME"] = str(self.dagster_home or "")
         shown["MIGRATION_TARGET_CONNECTIONS"] = str(self.migration_target_connections)
         shown["MIGRATION_STATEMENT_TIMEOUT"] = self.migration_statement_timeout
+        shown["MIGRATION_NETWORK_TIMEOUT"] = str(self.migration_network_timeout)
+        shown["MIGRATION_DEFER_INDEXES_ABOVE"] = str(self.migration_defer_indexes_above)
+        shown["MIGRATION_ALEMBIC_CONFIG"] = str(self.migration_alembic_config or "")
+        shown["MIGRATION_PG_BIN"] = str(self.migration_pg_bin or "")
         return shown
 
     def export_environment(self) -> None:
-        """Put `.env` values into os.environ, where Dagster's EnvVar and dagster.yaml look."""
-        for key, value in self._urls().items():
-            os.environ[key] = value
-        if self.migration_key_secret is not None:  # read by db.keyhash in check processes
-            os.environ["MIGRATION_KEY_SECRET"] = self.migration_key_secret.get_secret_value()
-        for key, path in (
-            ("SUPABASE_SSLROOTCERT", self.supabase_sslrootcert),
-            ("MIGRATION_PLAN", self.migration_plan),
-            ("DAGSTER_HOME", self.dagster_home),
-        ):
-            if path is not None:
-                os.environ[key] = str(path)
-        os.environ["MIGRATION_SCHEMA_MODE"] = self.migration_schema_mode.value
-        if "migration_statement_timeout" in self.model_fields_set:  # read by db.session
-            os.environ["MIGRATION_STATEMENT_TIMEOUT"] = self.migration_statement_timeout
+        """Every setting that has a value, from the environment or `.env`, into os.environ:
+        where Dagster's EnvVars, dagster.yaml and the database code of every run process
+        (spawned workers, code servers, run launchers' processes) read it."""
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None or field.alias is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, StrEnum):
+                value = value.value
+            os.environ[field.alias] = str(value)
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(

@@ -11,16 +11,18 @@ import psycopg
 import pytest
 from dagster._serdes import serialize_value
 
-from migration_assets.defs.assets import DATA_API_LOCKED_DOWN, SEQUENCES_AHEAD
-from migration_assets.defs.checks import (
+from migration_assets.defs.keys import (
+    DATA_API_LOCKED_DOWN,
     FOREIGN_KEYS_INTACT,
     NO_API_GRANTS,
     RLS_ENABLED,
+    SEQUENCES_AHEAD,
     TABLE_CHECKSUM,
     TABLE_ROW_COUNT,
 )
 from migration_assets.devstack.stack import DevStack
-from migration_assets.runner import Runner, Task
+from migration_assets.engine.session import Session
+from migration_assets.engine.work import slice_run
 from migration_assets.settings import load_settings
 from migration_assets_tests.conftest import Migration, MigrationFactory
 from migration_assets_tests.helpers import run_cli
@@ -39,8 +41,8 @@ def _migrated(migration: MigrationFactory) -> Migration:
     return m
 
 
-def _runner(m: Migration) -> Runner:
-    return Runner.open(load_settings(env_file=None), m.plan_path)
+def _runner(m: Migration) -> Session:
+    return Session.open(load_settings(env_file=None), m.plan_path)
 
 
 def _failures(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dict[str, Any]]:
@@ -166,7 +168,7 @@ def test_no_patient_data_or_secret_anywhere_even_after_a_duplicate_key(
         )
     runner = _runner(m)
     last = runner.plan.table("public.patients").partition_keys[-1]
-    outcome = runner.run_partition(Task("public.patients", last))
+    outcome = runner.execute(slice_run(runner.plan.table("public.patients"), last))
     assert not outcome.ok
     assert "23505" in outcome.message, "the duplicate key must be reported by its SQLSTATE"
     assert "patients_mrn_key" in outcome.message

@@ -194,7 +194,7 @@ def test_stack_output_and_server_logs_carry_no_secrets_or_rows() -> None:
     script = (
         "import psycopg\n"
         "from migration_assets.devstack.stack import DevStack\n"
-        "from migration_assets.demo import prepare_source\n"
+        "from migration_assets.cli.demo import prepare_source\n"
         f"s = DevStack(root=__import__('pathlib').Path({str(tmp_path / 'st')!r}), keep_root=True)\n"
         "s.start()\n"
         "prepare_source(s, patients=50, seed=3)\n"

@@ -254,7 +254,7 @@ def own_stack() -> Iterator[DevStack]:
 def test_target_server_stopped_mid_run_and_started_again(
     own_stack: DevStack, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from migration_assets.demo import prepare_source
+    from migration_assets.cli.demo import prepare_source
     from migration_assets_tests.conftest import Migration as Pair
 
     prepare_source(own_stack, patients=300, seed=11)

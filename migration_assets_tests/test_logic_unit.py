@@ -6,7 +6,8 @@ import pytest
 
 from migration_assets.db.errors import VALUE_MASK, mask_values
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
-from migration_assets.plan import dagster_name, partitions_for
+from migration_assets.plan import dagster_name
+from migration_assets.planner import partitions_for
 
 pytestmark = pytest.mark.unit
 

@@ -299,7 +299,7 @@ def test_cross_version_copy_uses_text_format(
         if os.environ.get("MIGRATION_ASSETS_CI"):
             pytest.fail("CI must provide PostgreSQL 15 (apt-get install postgresql-15)")
         pytest.skip("PostgreSQL 15 is not installed here")
-    from migration_assets.demo import prepare_source
+    from migration_assets.cli.demo import prepare_source
 
     monkeypatch.chdir(tmp_path)
     with DevStack(target_bin=other) as stack:

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from migration_assets.db.catalog import read_catalog
-from migration_assets.db.schema import compare_catalogs
+from migration_assets.db.schema_diff import compare_catalogs
 from migration_assets_tests.conftest import Databases, MigrationFactory
 from migration_assets_tests.helpers import assert_equal_databases, run_cli
 

@@ -17,9 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from migration_assets.defs.checks import POOLER_READY
-from migration_assets.plan import PlanError, build_plan, load_plan
-from migration_assets.runner import Runner
+from migration_assets.defs.keys import POOLER_READY
+from migration_assets.engine.session import Session
+from migration_assets.plan import PlanError, load_plan
+from migration_assets.planner import build_plan
 from migration_assets.settings import SETTING_NAMES, load_settings
 from migration_assets_tests.conftest import REPO_ROOT, Databases, Migration, MigrationFactory
 from migration_assets_tests.helpers import run_cli
@@ -127,7 +128,7 @@ def test_an_app_query_that_writes_changes_nothing(migration: MigrationFactory) -
     for query in writes:
         refused = query.pop("refused")
         _edit(m.plan_path, lambda d, q=query: d.update(app_queries=[q]))
-        result = Runner.open(load_settings(env_file=None), m.plan_path).run_checks()
+        result = Session.open(load_settings(env_file=None), m.plan_path).run_checks()
         pooler = next(
             e for e in result.get_asset_check_evaluations() if e.check_name == POOLER_READY
         )

@@ -10,11 +10,15 @@ import dagster as dg
 import psycopg
 import pytest
 
-from migration_assets.defs.assets import DATA_API_LOCKED_DOWN, PLAN_MATCHES_SOURCE, SCHEMA_KEY
-from migration_assets.defs.checks import RLS_ENABLED
-from migration_assets.demo import _checks_failure
+from migration_assets.cli.demo import _checks_failure
+from migration_assets.defs.keys import (
+    DATA_API_LOCKED_DOWN,
+    PLAN_MATCHES_SOURCE,
+    RLS_ENABLED,
+    SCHEMA_KEY,
+)
+from migration_assets.engine.session import Session
 from migration_assets.plan import load_plan, save_plan
-from migration_assets.runner import Runner
 from migration_assets.settings import load_settings
 from migration_assets_tests.conftest import Databases, Migration, MigrationFactory
 from migration_assets_tests.helpers import run_cli
@@ -164,6 +168,6 @@ def test_a_failed_verify_is_named_on_the_demo_s_last_line(migration: MigrationFa
     assert run_cli(["migrate", "--workers", "1"])[0] == 0
     with psycopg.connect(m.target_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE public.patients DISABLE ROW LEVEL SECURITY")
-    runner = Runner.open(load_settings(env_file=None), m.plan_path)
+    runner = Session.open(load_settings(env_file=None), m.plan_path)
     line = _checks_failure(runner.run_checks([runner.plan.table("public.patients")]))
     assert line == "1 check(s) failed: public/patients rls_enabled", line

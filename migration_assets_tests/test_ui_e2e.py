@@ -39,12 +39,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from migration_assets.cli.ui import group_members, stop_process_group
 from migration_assets.db.session import connect
 from migration_assets.devstack.cluster import free_port
-from migration_assets.devstack.stack import DevStack, dagster_yaml
-from migration_assets.plan import MigrationPlan, build_plan, save_plan
+from migration_assets.devstack.shape import dagster_yaml
+from migration_assets.devstack.stack import DevStack
+from migration_assets.plan import MigrationPlan, save_plan
+from migration_assets.planner import build_plan
 from migration_assets.settings import SETTING_NAMES
-from migration_assets.ui import group_members, stop_process_group
 from migration_assets_tests.conftest import REPO_ROOT, Databases, unique
 from migration_assets_tests.helpers import run_cli
 

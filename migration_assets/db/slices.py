@@ -159,17 +159,19 @@ class SliceSpec:
 
     @property
     def fingerprint(self) -> str:
-        """Changes whenever the rows this slice means could change (a re-plan)."""
-        text = "|".join(
-            [
-                self.strategy,
-                ",".join(self.key),
-                self.key_type or "",
-                *self.bounds,
-                str(self.partitions),
-                str(self.index),
-            ]
-        )
+        """Changes exactly when the rows this slice means could change (a re-plan): for a
+        range slice its own two bounds, for a hash slice the bucket and their number. It is
+        part of the partition key, so a re-planned slice is a new partition, missing in the
+        UI and in `status` until it is copied, and an unchanged one keeps its status."""
+        if self.strategy is Strategy.RANGE and self.partitions > 1:
+            lo = self.bounds[self.index - 1] if self.index > 0 else ""
+            hi = self.bounds[self.index] if self.index < len(self.bounds) else ""
+            meaning = [self.key_type or "", lo, hi]
+        elif self.strategy is Strategy.HASH and self.partitions > 1:
+            meaning = [str(self.partitions), str(self.index)]
+        else:
+            meaning = []
+        text = "|".join([self.strategy, ",".join(self.key), *meaning])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def predicate(self, text: TextBytes = UTF8) -> sql.Composable:

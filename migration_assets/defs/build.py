@@ -1,4 +1,12 @@
-"""Definitions from a plan: one function, used by the code location and the CLI alike."""
+"""Definitions from a plan: one function, used by the code location and the CLI alike.
+
+The graph, in lineage order: migration_preflight -> supabase_schema -> one partitioned
+asset per table -> supabase_indexes -> supabase_sequences -> migration_audit_report, with
+their checks, the lost-run sensor, and resources whose values come from the settings.
+Partitioned asset checks (`slice_row_count`, `slice_checksum`) are a Dagster preview API in
+1.13, the one preview API this project relies on: there is no other way to give each slice
+its own check result in the UI.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +14,24 @@ import os
 
 import dagster as dg
 
-from migration_assets.defs.assets import (
-    MigrationOptions,
-    build_schema_asset,
+from migration_assets.defs.checks import build_table_checks
+from migration_assets.defs.finish import (
+    build_indexes_asset,
     build_sequences_asset,
-    build_table_asset,
+    build_sequences_check,
 )
-from migration_assets.defs.checks import build_checks
-from migration_assets.defs.resources import SourceDatabase, TargetDatabase
+from migration_assets.defs.liveness import lost_migration_runs
+from migration_assets.defs.readiness import build_pooler_check, tls_in_use
+from migration_assets.defs.report import build_report_asset
+from migration_assets.defs.resources import MigrationOptions, SourceDatabase, TargetDatabase
+from migration_assets.defs.schema import (
+    build_preflight_asset,
+    build_schema_asset,
+    build_schema_checks,
+)
+from migration_assets.defs.tables import build_table_asset
 from migration_assets.plan import MigrationPlan
+from migration_assets.settings import Settings
 
 
 def _optional_env(name: str) -> str | dg.EnvVar:
@@ -22,7 +39,8 @@ def _optional_env(name: str) -> str | dg.EnvVar:
     return dg.EnvVar(name) if os.environ.get(name) else ""
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:  # type: ignore[type-arg]
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:  # type: ignore[type-arg]
+    """Secrets as EnvVars (read when a run starts, never stored with it); knobs as values."""
     return {
         "source": SourceDatabase(url=dg.EnvVar("SOURCE_DATABASE_URL")),
         "target": TargetDatabase(
@@ -30,28 +48,38 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:  # type: ignore[typ
             sslrootcert=_optional_env("SUPABASE_SSLROOTCERT"),
             pooler_url=_optional_env("SUPABASE_POOLER_URL"),
         ),
-        "options": MigrationOptions.from_environment(),
+        "options": MigrationOptions.from_settings(settings),
     }
 
 
 def build_assets(plan: MigrationPlan) -> list[dg.AssetsDefinition]:
-    from migration_assets.defs.report import build_report_asset
-
-    tables = [build_table_asset(table=t, owners=plan.owners) for t in plan.tables]
     return [
+        build_preflight_asset(plan),
         build_schema_asset(plan),
-        *tables,
+        *(build_table_asset(table=t, owners=plan.owners) for t in plan.tables),
+        build_indexes_asset(plan),
         build_sequences_asset(plan),
         build_report_asset(plan),
     ]
 
 
-def build_definitions(plan: MigrationPlan) -> dg.Definitions:
+def build_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
+    return [
+        *build_schema_checks(plan),
+        tls_in_use,
+        build_sequences_check(plan),
+        build_pooler_check(plan),
+        *(build_table_checks(table=t, plan=plan) for t in plan.tables),
+    ]
+
+
+def build_definitions(plan: MigrationPlan, settings: Settings) -> dg.Definitions:
     # In-process: a step is one slice, so a subprocess per step (the default) would cost
     # more than the copy and hold a pool slot while it starts.
     return dg.Definitions(
         assets=build_assets(plan),
         asset_checks=build_checks(plan),
-        resources=build_resources(),
+        sensors=[lost_migration_runs],
+        resources=build_resources(settings),
         executor=dg.in_process_executor,
     )

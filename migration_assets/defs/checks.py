@@ -4,7 +4,6 @@ One subsettable multi-check per table, so the UI can run a single check while a 
 `verify` shares one scan between the row count and the checksum.
 """
 
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -13,10 +12,9 @@ import psycopg
 from dagster import AssetCheckExecutionContext
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG, PARTITION_NAME_TAG
 
-from migration_assets.db.appcheck import RUNS, time_queries
-from migration_assets.db.audit import orphan_rows, security_posture, tls_evidence
+from migration_assets.db.audit import orphan_rows, security_posture
 from migration_assets.db.bisect import KeyDiff, localise
-from migration_assets.db.dsn import is_local_host, parse_dsn
+from migration_assets.db.compare import TableComparison, compare_table
 from migration_assets.db.errors import MigrationError, safe_message
 from migration_assets.db.exposure import Exposure, describe
 from migration_assets.db.keyhash import (
@@ -27,26 +25,17 @@ from migration_assets.db.keyhash import (
     load_secret,
     unwrap_record,
 )
-from migration_assets.defs.assets import (
-    SCHEMA_KEY,
-    SEQUENCES_KEY,
+from migration_assets.defs.keys import (
+    FOREIGN_KEYS_INTACT,
+    NO_API_GRANTS,
+    RLS_ENABLED,
+    TABLE_CHECKSUM,
+    TABLE_ROW_COUNT,
     TARGET_POOL,
-    build_schema_checks,
-    build_sequences_check,
 )
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import MigrationPlan, TablePlan, dagster_name
-from migration_assets.verify import TableComparison, compare_table
 
-TABLE_ROW_COUNT = "table_row_count"
-TABLE_CHECKSUM = "table_checksum"
-FOREIGN_KEYS_INTACT = "foreign_keys_intact"
-RLS_ENABLED = "rls_enabled"
-NO_API_GRANTS = "no_api_grants"
-TLS_IN_USE = "tls_in_use"
-POOLER_READY = "pooler_ready"
-CONNECT_BUDGET_S = 2.0
-P95_BUDGET_MS = 200.0
 KEYS_LISTED = 20
 
 _DESCRIPTIONS = {
@@ -117,7 +106,13 @@ def _run_checks(
     target: TargetDatabase,
 ) -> Iterator[dg.AssetCheckResult]:
     if selected & {TABLE_ROW_COUNT, TABLE_CHECKSUM}:
-        comparison = compare_table(source, target, table)
+        comparison = compare_table(
+            source.connect,
+            target.connect,
+            spec=table.slice(table.partition_keys[0]),
+            columns=table.checksum_columns,
+            partition_keys=table.partition_keys,
+        )
         if TABLE_ROW_COUNT in selected:
             yield _row_count_result(comparison)
         if TABLE_CHECKSUM in selected:
@@ -288,85 +283,3 @@ def _foreign_keys_result(conn: Any, table: TablePlan, labels: KeyLabels) -> dg.A
 
 def _orphan_labels(keys: Sequence[str], key: Sequence[str], labels: KeyLabels) -> list[str]:
     return [labels.from_record(k, len(key)) for k in keys]
-
-
-@dg.asset_check(
-    asset=SCHEMA_KEY,
-    name=TLS_IN_USE,
-    pool=TARGET_POOL,
-    description="The migration's own connection to the target is encrypted (pg_stat_ssl).",
-)
-def tls_in_use(target: TargetDatabase) -> dg.AssetCheckResult:
-    with target.connect() as conn:
-        evidence = tls_evidence(conn)
-    hosts = parse_dsn(target.url).get("host", "")
-    local = all(is_local_host(h) for h in hosts.split(",") or [""])
-    return dg.AssetCheckResult(
-        passed=evidence.ssl,
-        severity=dg.AssetCheckSeverity.WARN if local else dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "ssl": evidence.ssl,
-            "protocol": evidence.version or "none",
-            "cipher": evidence.cipher or "none",
-            "bits": evidence.bits,
-        },
-    )
-
-
-def build_pooler_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
-    queries = [(q.name, q.sql, q.sample_sql) for q in plan.app_queries]
-
-    @dg.asset_check(
-        asset=SEQUENCES_KEY,
-        name=POOLER_READY,
-        pool=TARGET_POOL,
-        description=(
-            "The application's path works: through SUPABASE_POOLER_URL with TLS and "
-            f"prepare_threshold=None, connect in under {CONNECT_BUDGET_S:.0f} s and run the "
-            f"plan's app queries {RUNS} times each with p95 under {P95_BUDGET_MS:.0f} ms."
-        ),
-    )
-    def pooler_ready(target: TargetDatabase) -> dg.AssetCheckResult:
-        if not target.pooler_url:
-            return dg.AssetCheckResult(
-                passed=False,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"fix": "set SUPABASE_POOLER_URL (the transaction pooler, port 6543)"},
-            )
-        started = time.perf_counter()
-        try:
-            with target.connect_pooler() as conn:
-                connect_s = time.perf_counter() - started
-                tls = bool(conn.pgconn.ssl_in_use)
-                timings = time_queries(conn, queries)
-        except (psycopg.Error, MigrationError) as exc:
-            message = safe_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
-            return dg.AssetCheckResult(passed=False, metadata={"error": message})
-        worst = max((t.p95_ms for t in timings), default=0.0)
-        return dg.AssetCheckResult(
-            passed=tls and connect_s < CONNECT_BUDGET_S and worst < P95_BUDGET_MS,
-            metadata={
-                "tls": tls,
-                "connect_ms": round(connect_s * 1000, 1),
-                "worst_p95_ms": worst,
-                "queries": dg.MetadataValue.md(
-                    "\n".join(
-                        f"- {t.name}: p50 {t.p50_ms} ms, p95 {t.p95_ms} ms ({t.runs} runs)"
-                        for t in timings
-                    )
-                    or "none in the plan"
-                ),
-            },
-        )
-
-    return pooler_ready
-
-
-def build_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
-    return [
-        *build_schema_checks(plan),
-        tls_in_use,
-        build_sequences_check(plan),
-        build_pooler_check(plan),
-        *(build_table_checks(table=t, plan=plan) for t in plan.tables),
-    ]

@@ -19,28 +19,33 @@ import dagster as dg
 from dagster import AssetExecutionContext, DagsterInstance
 
 from migration_assets import __version__
-from migration_assets.defs.assets import (
+from migration_assets.defs.checks import check_names
+from migration_assets.defs.history import latest_materializations, plain
+from migration_assets.defs.keys import (
     DATA_API_LOCKED_DOWN,
+    INDEXES_KEY,
+    INDEXES_MATCH_SOURCE,
     KINDS,
     PLAN_MATCHES_SOURCE,
+    POOLER_READY,
+    REPORT_COMPLETE,
+    REPORT_KEY,
     SCHEMA_KEY,
     SCHEMA_MATCHES_SOURCE,
     SEQUENCES_AHEAD,
     SEQUENCES_KEY,
+    TLS_IN_USE,
 )
-from migration_assets.defs.checks import POOLER_READY, TLS_IN_USE, check_names
-from migration_assets.defs.history import latest_materializations, plain
 from migration_assets.plan import MigrationPlan, TablePlan
 from migration_assets.report import render_markdown, write_report
 from migration_assets.settings import SettingsError, load_settings
 
-REPORT_KEY = dg.AssetKey("migration_audit_report")
-REPORT_COMPLETE = "report_complete"
 GLOBAL_CHECKS = [
     (SCHEMA_KEY, SCHEMA_MATCHES_SOURCE),
     (SCHEMA_KEY, PLAN_MATCHES_SOURCE),
     (SCHEMA_KEY, DATA_API_LOCKED_DOWN),
     (SCHEMA_KEY, TLS_IN_USE),
+    (INDEXES_KEY, INDEXES_MATCH_SOURCE),
     (SEQUENCES_KEY, SEQUENCES_AHEAD),
     (SEQUENCES_KEY, POOLER_READY),
 ]

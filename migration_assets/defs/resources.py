@@ -1,9 +1,14 @@
-"""One resource per database; each hands out pinned connections and nothing else."""
+"""One resource per database, handing out pinned connections; one for the non-secret knobs.
+
+Values come from the one `Settings` model (environment or `.env`) when definitions load;
+secrets stay `EnvVar`s so they are read at run time and never stored with a run.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -11,6 +16,34 @@ from pydantic import PrivateAttr
 from migration_assets.db.dsn import judge_target_tls, mask_dsn
 from migration_assets.db.errors import MigrationError
 from migration_assets.db.session import Connection, connect
+from migration_assets.defs.liveness import Heartbeat
+from migration_assets.settings import SchemaMode, Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Non-secret knobs from the settings, shown with every run's resources."""
+
+    schema_mode: str = SchemaMode.ALEMBIC.value
+    alembic_config: str = ""
+    pg_bin: str = ""
+    defer_indexes_above: int = 100_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MigrationOptions:
+        return cls(
+            schema_mode=settings.migration_schema_mode.value,
+            alembic_config=str(settings.migration_alembic_config or ""),
+            pg_bin=str(settings.migration_pg_bin or ""),
+            defer_indexes_above=settings.migration_defer_indexes_above,
+        )
+
+    def alembic_ini(self) -> Path:
+        if self.alembic_config:
+            return Path(self.alembic_config)
+        local = Path.cwd() / "alembic.ini"
+        return local if local.is_file() else REPO_ROOT / "alembic.ini"
 
 
 class SourceDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -35,6 +68,17 @@ class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
     sslrootcert: str = ""
     pooler_url: str = ""
     _checked: bool = PrivateAttr(default=False)
+    _heartbeat: Heartbeat | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run that may hold the target beats while it lives (see defs/liveness.py)."""
+        if context.instance is not None and context.run is not None:
+            self._heartbeat = Heartbeat(context.instance, context.run.run_id)
+            self._heartbeat.start()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
     def _ensure_safe(self) -> None:
         if self._checked:

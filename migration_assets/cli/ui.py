@@ -39,7 +39,7 @@ from migration_assets.plan import DEFAULT_MIN_PARTITIONS, DEFAULT_ROWS_PER_PARTI
 from migration_assets.plan import MIN_ROWS_TO_SPLIT as DEFAULT_SPLIT_ABOVE
 from migration_assets.settings import Settings, SettingsError, load_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 SERVE_TIMEOUT = 180.0  # first start on a cold, busy 2-core machine takes ~20 s
 STOP_TIMEOUT = 30.0  # dagster dev itself waits up to 60 s per service; we do not
@@ -140,22 +140,22 @@ def _configured(settings: Settings) -> bool:
 
 
 def prepare_configured(settings: Settings) -> Launch:
-    """The user's databases and instance; Runner.open validates the plan and DAGSTER_HOME."""
-    from migration_assets.runner import Runner
+    """The user's databases and instance; Session.open validates the plan and DAGSTER_HOME."""
+    from migration_assets.engine.session import Session
 
-    runner = Runner.open(settings, settings.plan_path())
-    runner.instance.dispose()
+    Session.open(settings, settings.plan_path()).instance.dispose()
     shown = [(k, v) for k, v in settings.describe().items() if v]
     return Launch(shown=shown, demo=False)
 
 
 def prepare_demo(options: DemoOptions, limit: int, console: Console, cleanup: ExitStack) -> Launch:
     """Start, seed and plan a throwaway stack; `cleanup` stops it whatever happens next."""
+    from migration_assets.cli.demo import prepare_source
     from migration_assets.db.session import connect
-    from migration_assets.demo import prepare_source
     from migration_assets.devstack.stack import DevStack
-    from migration_assets.plan import build_plan, save_plan
-    from migration_assets.runner import Runner
+    from migration_assets.engine.session import Session
+    from migration_assets.plan import save_plan
+    from migration_assets.planner import build_plan
 
     stack = DevStack(target_connections=limit)
     cleanup.callback(stack.stop)
@@ -174,14 +174,14 @@ def prepare_demo(options: DemoOptions, limit: int, console: Console, cleanup: Ex
     save_plan(plan, plan_path)
     os.environ.update(stack.env())
     os.environ["MIGRATION_PLAN"] = str(plan_path)
-    Runner.open(load_settings(env_file=None), plan_path).instance.dispose()
+    Session.open(load_settings(env_file=None), plan_path).instance.dispose()
     shown = [*stack.describe(), ("plan", f"{plan_path} ({plan.total_partitions()} partitions)")]
     console.print(f"seeded {options.patients:,} patients; plan written")
     return Launch(shown=shown, demo=True)
 
 
 def _child_environment() -> dict[str, str]:
-    """Settings were exported into os.environ (Runner.open); dagster dev inherits them."""
+    """Settings were exported into os.environ (Session.open); dagster dev inherits them."""
     env = dict(os.environ)
     env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # "use dg dev": not for operators
@@ -192,22 +192,13 @@ def _child_environment() -> dict[str, str]:
 
 
 def apply_pool_limit(limit: int) -> bool:
-    """Set the `supabase_target` pool's limit in the instance at DAGSTER_HOME.
-
-    An explicit limit (what `dagster instance concurrency set` writes) works for any
-    instance, including one whose dagster.yaml we did not write; False when the instance's
-    storage cannot enforce pools at all.
-    """
+    """The `supabase_target` pool's limit in the instance at DAGSTER_HOME (see engine.home)."""
     from dagster import DagsterInstance
 
-    from migration_assets.defs.assets import TARGET_POOL
+    from migration_assets.engine.home import apply_pool_limit as apply
 
     with DagsterInstance.get() as instance:
-        storage = instance.event_log_storage
-        if not storage.supports_global_concurrency_limits:
-            return False
-        storage.set_concurrency_slots(TARGET_POOL, limit)
-    return True
+        return apply(instance, limit)
 
 
 # ------------------------------------------------------------------ dagster dev

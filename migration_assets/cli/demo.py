@@ -18,18 +18,21 @@ import dagster as dg
 from rich.console import Console
 from rich.table import Table
 
+from migration_assets.cli.render import MigrateProgress, print_checks, print_migrate
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.db.session import Connection, connect
 from migration_assets.defs.history import meta_text
 from migration_assets.devstack.seed import seed as seed_database
 from migration_assets.devstack.stack import DevStack
-from migration_assets.plan import AppQuery, MigrationPlan, build_plan, save_plan
+from migration_assets.plan import AppQuery, MigrationPlan, save_plan
+from migration_assets.planner import build_plan
 from migration_assets.settings import load_settings
 
 if TYPE_CHECKING:
-    from migration_assets.runner import MigrateReport
+    from migration_assets.engine.migrate import MigrateReport
+    from migration_assets.engine.session import Session
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # What the clinic app runs most: the pooler_ready check times these through the pooler.
 CLINIC_QUERIES = [
@@ -81,8 +84,7 @@ def run_demo(
     console: Console,
     migrate_step: Callable[..., int] | None = None,
 ) -> int:
-    from migration_assets.cli import _migrate_with_progress, _print_migrate, print_checks
-    from migration_assets.runner import Runner
+    from migration_assets.engine.session import Session
 
     timings: dict[str, float] = {}
     stack = DevStack(keep_root=keep)
@@ -101,18 +103,18 @@ def run_demo(
             save_plan(clinic_plan(conn, stack.source_url), plan_path)
         os.environ.update(stack.env())
         os.environ["MIGRATION_PLAN"] = str(plan_path)
-        runner = Runner.open(load_settings(env_file=None), plan_path)
+        session = Session.open(load_settings(env_file=None), plan_path)
         with _phase(timings, "migrate", console):
-            report = _migrate_with_progress(runner, workers=workers, force=False, resync=False)
-        code = _print_migrate(report)
+            report = _migrate(session, workers)
+        code = print_migrate(report)
         failures = [] if code == 0 else [f"migrate: {_migrate_failure(report)}"]
         with _phase(timings, "verify", console):
-            checks = runner.run_checks()
+            checks = session.run_checks()
         if print_checks(checks):
             code = 1
             failures.append(f"verify: {_checks_failure(checks)}")
         with _phase(timings, "audit report", console):
-            audit = runner.write_report(stack.home / "audit")
+            audit = session.write_report(stack.home / "audit")
         if audit.success:
             event = audit.get_asset_materialization_events()[0].materialization
             console.print(f"  audit report: {meta_text(event.metadata, 'markdown')}")
@@ -141,18 +143,28 @@ def run_demo(
             stack.stop()
 
 
+def _migrate(session: Session, workers: int) -> MigrateReport:
+    from migration_assets.engine.migrate import migrate
+
+    progress = MigrateProgress()
+    try:
+        return migrate(session, workers=workers, on_start=progress.start, on_done=progress.done)
+    finally:
+        progress.stop()
+
+
 def _migrate_failure(report: MigrateReport) -> str:
     if not report.schema_ok:
-        return "the schema step did not verify"
+        return "the preflight or schema step did not verify"
     if report.aborted:
         return "a database became unreachable"
     if report.failed:
         return f"{len(report.failed)} partition(s) failed"
-    return "the sequences step did not verify"
+    return "the index or sequences step did not verify"
 
 
 def _checks_failure(result: dg.ExecuteInProcessResult) -> str:
-    from migration_assets.runner import blocking_failures
+    from migration_assets.engine.session import blocking_failures
 
     failed = [f"{e.asset_key.to_user_string()} {e.check_name}" for e in blocking_failures(result)]
     if not failed:

@@ -1,0 +1,192 @@
+"""One function per command: read settings, call the engine or the database code, print."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from typing import TYPE_CHECKING
+
+from migration_assets.cli.render import (
+    EXIT_OK,
+    EXIT_UNVERIFIED,
+    MigrateProgress,
+    out,
+    print_checks,
+    print_migrate,
+    print_plan,
+    print_status,
+)
+from migration_assets.defs.history import meta_text
+from migration_assets.settings import load_settings
+
+if TYPE_CHECKING:
+    from migration_assets.engine.session import Session
+
+
+def open_session(args: argparse.Namespace) -> Session:
+    from migration_assets.engine.session import Session
+
+    settings = load_settings(args.env_file)
+    return Session.open(settings, settings.plan_path(args.plan))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from migration_assets.db.session import connect
+    from migration_assets.plan import save_plan
+    from migration_assets.planner import build_plan
+
+    settings = load_settings(args.env_file)
+    with connect(settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+        plan = build_plan(
+            conn,
+            source_dsn=settings.source_dsn,
+            rows_per_partition=args.rows_per_partition,
+            min_partitions=args.min_partitions,
+            split_above=args.split_above,
+            schemas=args.schemas,
+        )
+    save_plan(plan, args.out)
+    print_plan(plan)
+    out.print(
+        f"plan written to {args.out}: review it, then `migration-assets migrate --plan {args.out}`"
+    )
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from migration_assets.engine.migrate import migrate
+
+    session = open_session(args)
+    if args.submit:
+        return _submit(session, args)
+    progress = MigrateProgress()
+    try:
+        report = migrate(
+            session,
+            workers=args.workers,
+            force=args.force,
+            resync=args.resync,
+            on_start=progress.start,
+            on_done=progress.done,
+        )
+    finally:
+        progress.stop()
+    return print_migrate(report)
+
+
+def _submit(session: Session, args: argparse.Namespace) -> int:
+    from migration_assets.db.errors import MigrationError
+    from migration_assets.engine.migrate import settle_in_flight
+    from migration_assets.engine.submit import daemon_problem, follow, submit, succeeded
+    from migration_assets.engine.work import partition_statuses, slice_runs
+
+    problem = daemon_problem(session.instance)
+    if problem:
+        raise MigrationError(problem)
+    settle_in_flight(session)
+    statuses = partition_statuses(session.instance, session.plan)
+    slices, done = slice_runs(session.plan, statuses, every=args.resync)
+    backfill_id = submit(session, slices, force=args.force)
+    out.print(
+        f"submitted backfill {backfill_id}: {len(slices)} partition(s) with the schema, "
+        "indexes and sequences; the instance's run queue and launcher execute it. Following it "
+        "(Ctrl-C stops following, not the backfill)."
+    )
+    progress = MigrateProgress()
+    progress.start(len(slices) + 4, done)
+    try:
+        final = follow(session, backfill_id, progress.backfill)
+    except KeyboardInterrupt:
+        progress.stop()
+        out.print(
+            f"stopped following; backfill {backfill_id} goes on. Watch it in the UI or with "
+            "`migration-assets status`."
+        )
+        return 130
+    progress.stop()
+    statuses = partition_statuses(session.instance, session.plan)
+    code = print_status(session.plan, statuses)
+    if not succeeded(final):
+        out.print(
+            f"[red]backfill {backfill_id} ended {final.status}[/]: {final.failed} failed; "
+            "run `migration-assets migrate` (or 'backfill failed and missing' in the UI) to "
+            "redo only those; the failed runs' events in the UI say why."
+        )
+        return EXIT_UNVERIFIED
+    out.print(f"[green]backfill {backfill_id} completed; every partition verified[/]")
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from migration_assets.engine.work import partition_statuses
+
+    session = open_session(args)
+    return print_status(session.plan, partition_statuses(session.instance, session.plan))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    session = open_session(args)
+    tables = [session.plan.table(name) for name in args.tables] if args.tables else None
+    return print_checks(session.run_checks(tables))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from migration_assets.engine.session import failure_message
+    from migration_assets.report import check_chain
+
+    if args.check is not None:
+        problems = check_chain(args.check)
+        for problem in problems:
+            out.print(f"[red]TAMPERED or BROKEN:[/] {problem}", soft_wrap=True)
+        if not problems:
+            out.print(f"[green]report chain in {args.check} is intact[/]")
+        return EXIT_OK if not problems else EXIT_UNVERIFIED
+    result = open_session(args).write_report(args.out)
+    if not result.success:
+        out.print(f"[red]report failed:[/] {failure_message(result)}", soft_wrap=True)
+        return EXIT_UNVERIFIED
+    event = result.get_asset_materialization_events()[0].materialization
+    meta = {k: meta_text(event.metadata, k) for k in ("json", "markdown", "digest", "complete")}
+    out.print(f"report written: {meta['json']} and {meta['markdown']}\ndigest {meta['digest']}")
+    complete = meta["complete"] == "True"
+    out.print(
+        "[green]verdict: COMPLETE[/]"
+        if complete
+        else "[red]verdict: INCOMPLETE[/] (see the report's problems)"
+    )
+    return EXIT_OK if complete else EXIT_UNVERIFIED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from migration_assets.cli.demo import run_demo
+
+    return run_demo(
+        patients=args.patients, keep=args.keep, workers=args.workers, seed=args.seed, console=out
+    )
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from migration_assets.cli.ui import DemoOptions, run_ui
+
+    return run_ui(
+        env_file=args.env_file,
+        demo=args.demo,
+        port=args.port,
+        console=out,
+        demo_options=DemoOptions(
+            patients=args.patients,
+            seed=args.seed,
+            rows_per_partition=args.rows_per_partition,
+            min_partitions=args.min_partitions,
+            split_above=args.split_above,
+        ),
+    )
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from migration_assets.devstack.stack import DevStack
+
+    DevStack.attach(args.dir).stop()
+    shutil.rmtree(args.dir, ignore_errors=True)
+    out.print(f"stack in {args.dir} stopped and removed")
+    return EXIT_OK

@@ -1,0 +1,146 @@
+"""After the data: deferred indexes rebuilt, sequences set, planner statistics refreshed.
+
+`supabase_indexes` rebuilds every index the schema step deferred (or a killed load left
+recorded on the target), then proves the whole schema, every index present and valid,
+equals the source's. `supabase_sequences` sets each sequence past its column's values and
+ANALYZEs what was loaded, so the app's first queries are planned on real statistics.
+"""
+
+import dagster as dg
+
+from migration_assets.db.indexes import drop_state_if_empty, recorded, restore_index
+from migration_assets.db.sequences import lagging_sequences, sync_sequences
+from migration_assets.db.statistics import analyze
+from migration_assets.defs.failures import as_failure
+from migration_assets.defs.keys import (
+    INDEXES_KEY,
+    INDEXES_MATCH_SOURCE,
+    KINDS,
+    SEQUENCES_AHEAD,
+    SEQUENCES_KEY,
+    TARGET_POOL,
+)
+from migration_assets.defs.resources import SourceDatabase, TargetDatabase
+from migration_assets.defs.schema import differences_md, schema_differences
+from migration_assets.plan import MigrationPlan
+
+
+def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=INDEXES_KEY,
+        pool=TARGET_POOL,
+        deps=[dg.AssetKey(t.asset_path) for t in plan.tables],
+        group_name="finish",
+        kinds=KINDS,
+        owners=plan.owners,
+        description=(
+            "Rebuilds, once and after the data, every index the schema step deferred on a "
+            "cold load (and any a killed load left recorded on the target); partitioned "
+            "tables' indexes on every partition, attached, the parent valid."
+        ),
+        check_specs=[
+            dg.AssetCheckSpec(
+                INDEXES_MATCH_SOURCE,
+                asset=INDEXES_KEY,
+                blocking=True,
+                description=(
+                    "The target's schema equals the source's with every index present and "
+                    "valid, none left deferred."
+                ),
+            )
+        ],
+    )
+    def supabase_indexes(
+        context: dg.AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
+    ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
+        with as_failure("index rebuild"), target.connect() as conn:
+            pending = recorded(conn)
+            for index in pending:  # one at a time: one pool slot, one connection
+                restore_index(conn, index)
+            drop_state_if_empty(conn)
+        context.log.info(f"{len(pending)} deferred index(es) rebuilt")
+        with as_failure("index check"):
+            differences, _ = schema_differences(plan, source, target)
+        return dg.MaterializeResult(
+            metadata={
+                "indexes_rebuilt": len(pending),
+                "rebuilt": dg.MetadataValue.md(
+                    "\n".join(f"- {i.schema}.{i.name} on {i.table}" for i in pending) or "none"
+                ),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=INDEXES_MATCH_SOURCE,
+                    passed=not differences,
+                    metadata={
+                        "differences": len(differences),
+                        "details": dg.MetadataValue.md(differences_md(differences)),
+                    },
+                )
+            ],
+        )
+
+    return supabase_indexes
+
+
+def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
+    every = [(s.qualified, s.table, s.column) for s in plan.sequences]
+    tables = [(t.schema_name, t.name) for t in plan.tables]
+
+    @dg.asset(
+        key=SEQUENCES_KEY,
+        pool=TARGET_POOL,
+        deps=[INDEXES_KEY],
+        group_name="finish",
+        kinds=KINDS,
+        owners=plan.owners,
+        description=(
+            f"Sets {len(every)} target sequence(s) to the source's values after the data is "
+            "in (never at or below a column's max), so the application's next INSERT does not "
+            "collide with a migrated key; then ANALYZEs every migrated table, so the planner "
+            "has statistics before the app's queries are timed (and before cutover)."
+        ),
+    )
+    def supabase_sequences(
+        context: dg.AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
+    ) -> dg.MaterializeResult[None]:
+        with as_failure("sequences"), source.connect() as src, target.connect() as tgt:
+            written, advanced = sync_sequences(src, tgt, every)
+            tgt.commit()
+            analyzed, seconds = analyze(tgt, tables)
+        context.log.info(f"{written} sequence(s) set; {analyzed} table(s) analyzed")
+        return dg.MaterializeResult(
+            metadata={
+                "sequences_set": written,
+                "tables_analyzed": analyzed,
+                "analyze_seconds": round(seconds, 3),
+                "advanced_past_source": dg.MetadataValue.md(
+                    "\n".join(f"- {a}" for a in advanced) or "none"
+                ),
+            }
+        )
+
+    return supabase_sequences
+
+
+def build_sequences_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
+    owned = [(s.qualified, s.table, s.column) for s in plan.sequences if s.table and s.column]
+
+    @dg.asset_check(
+        asset=SEQUENCES_KEY,
+        name=SEQUENCES_AHEAD,
+        pool=TARGET_POOL,
+        description="Every sequence's next value is above its column's largest value.",
+    )
+    def sequences_ahead(target: TargetDatabase) -> dg.AssetCheckResult:
+        with as_failure("sequences check"), target.connect() as tgt:
+            lagging = lagging_sequences(tgt, [(s, t, c) for s, t, c in owned if t and c])
+        return dg.AssetCheckResult(
+            passed=not lagging,
+            metadata={
+                "checked": len(owned),
+                "behind": dg.MetadataValue.md("\n".join(f"- {x}" for x in lagging) or "none"),
+            },
+        )
+
+    return sequences_ahead

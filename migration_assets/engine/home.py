@@ -1,0 +1,52 @@
+"""The Dagster instance in DAGSTER_HOME, as the migration's commands use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from migration_assets.defs.keys import TARGET_POOL
+
+FRESH_HOME_YAML = """\
+# Written by migration-assets into an empty DAGSTER_HOME: Dagster's default storage
+# (SQLite in this directory), no usage telemetry, and no stdout capture (our steps log
+# through the event log; capturing costs subprocesses for every step).
+telemetry:
+  enabled: false
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
+"""
+
+
+def prepare_dagster_home(home: Path) -> None:
+    """An empty DAGSTER_HOME works as Dagster defaults it, except that a tool for patient
+    data does not phone home, and does not pay for stdout capture it never uses."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(FRESH_HOME_YAML)
+
+
+def open_instance() -> dg.DagsterInstance:
+    """The instance at DAGSTER_HOME, with a small storage connection pool.
+
+    dagster-postgres opens a new connection for every storage call by default (NullPool),
+    about 70 per run: more than the copy of a small slice costs. A long-lived process may
+    hold a small pool, as the webserver does.
+    """
+    instance = dg.DagsterInstance.get()
+    instance.optimize_for_webserver(statement_timeout=120_000, pool_recycle=3600, max_overflow=4)
+    return instance
+
+
+def apply_pool_limit(instance: dg.DagsterInstance, limit: int) -> bool:
+    """Set the `supabase_target` pool's limit: every step that touches the target holds one
+    slot while it runs, whichever process or host runs it. False when the instance's storage
+    cannot enforce pools (then the limit is only as good as the worker count)."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return False
+    storage.set_concurrency_slots(TARGET_POOL, limit)
+    return True

@@ -1,0 +1,138 @@
+"""Local execution: long-lived worker processes that execute runs, and nothing else.
+
+A process per run (Dagster's default launcher) costs seconds of imports for a slice that
+copies in a fraction of one, so on one machine workers load the definitions once and then
+execute one run after another through Dagster's own execution API. Everything the
+migration guarantees (what a slice means, its verification, index deferral, lost-run
+recovery) lives in the graph; a worker that dies only loses the run it held, which its
+missed heartbeat then fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from migration_assets.db.errors import safe_message
+from migration_assets.engine.session import Outcome, Session
+from migration_assets.engine.work import RunSpec
+
+ProgressFn = Callable[[Outcome], None]
+
+
+def unreachable(outcome: Outcome) -> bool:
+    """A connection that cannot even be opened: the server is down or the network is gone,
+    so the remaining partitions would only fail the same way."""
+    return "cannot connect to" in outcome.message
+
+
+def run_inline(
+    session: Session, specs: list[RunSpec], on_done: ProgressFn
+) -> tuple[list[Outcome], str]:
+    """Runs one after another in this process; stop once a database is unreachable."""
+    outcomes = []
+    for spec in specs:
+        outcome = session.execute(spec)
+        on_done(outcome)
+        outcomes.append(outcome)
+        if unreachable(outcome):
+            return outcomes, outcome.message
+    return outcomes, ""
+
+
+class WorkerPool:
+    """Worker processes started early, so importing Dagster overlaps the schema run."""
+
+    def __init__(self, plan_path: Path, count: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.todo: mp.Queue[RunSpec | None] = ctx.Queue()
+        self.done: mp.Queue[Outcome] = ctx.Queue()
+        self.stop = ctx.Event()
+        env = dict(os.environ)
+        self.procs = [
+            ctx.Process(
+                target=_worker,
+                args=(str(plan_path), env, self.todo, self.done, self.stop),
+                daemon=True,
+            )
+            for _ in range(count)
+        ]
+        for proc in self.procs:
+            proc.start()
+
+    def run(self, specs: list[RunSpec], on_done: ProgressFn) -> tuple[list[Outcome], str]:
+        for spec in specs:
+            self.todo.put(spec)
+        for _ in self.procs:
+            self.todo.put(None)
+        outcomes: list[Outcome] = []
+        aborted = ""
+        while len(outcomes) < len(specs):
+            try:
+                outcome = self.done.get(timeout=1.0)
+            except Empty:
+                if not any(p.is_alive() for p in self.procs):
+                    break
+                continue
+            outcomes.append(outcome)
+            on_done(outcome)
+            if unreachable(outcome) and not aborted:
+                aborted = outcome.message
+                self.stop.set()
+        if not aborted:
+            _report_lost(specs, outcomes, on_done)
+        return outcomes, aborted
+
+    def close(self) -> None:
+        """Idle workers are terminated rather than joined: every outcome is already in hand,
+        and a worker's interpreter teardown (Dagster loaded) costs most of a second."""
+        self.stop.set()
+        for _ in self.procs:
+            self.todo.put(None)
+        for proc in self.procs:
+            proc.join(timeout=0.2)
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _report_lost(specs: list[RunSpec], outcomes: list[Outcome], on_done: ProgressFn) -> None:
+    """A worker that died took its run with it: report it, never hide it."""
+    finished = {o.spec.label for o in outcomes}
+    for spec in specs:
+        if spec.label not in finished:
+            lost = Outcome(spec, False, 0, 0.0, "the worker process died during this run")
+            outcomes.append(lost)
+            on_done(lost)
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a killed migrate (Linux; elsewhere best effort)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any) -> None:
+    _die_with_parent()
+    os.environ.update(env)
+    from migration_assets.settings import load_settings
+
+    session = Session.open(load_settings(env_file=None), Path(plan_path))
+    while not stop.is_set() and (spec := todo.get()) is not None:
+        try:
+            outcome = session.execute(spec)
+        except Exception as exc:  # never let one run take the worker down
+            outcome = Outcome(spec, False, 0, 0.0, safe_message(exc))
+        done.put(outcome)

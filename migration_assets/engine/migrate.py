@@ -1,0 +1,132 @@
+"""`migrate`: the runs a "Materialize all" backfill would make, executed here or submitted.
+
+Preflight, locking of slices, index deferral and rebuild, verification, lost-run recovery:
+all of it happens inside the graph's runs. What this module adds is only the choice of
+runs (missing and failed partitions; `--resync`: all, each re-copied only if it differs;
+`--force`: all, re-copied), their order, progress, and a summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from migration_assets.db.errors import MigrationError
+from migration_assets.defs.liveness import LOST_AFTER_SECONDS, in_flight, reap_lost_runs
+from migration_assets.engine.home import apply_pool_limit
+from migration_assets.engine.local import ProgressFn, WorkerPool, run_inline
+from migration_assets.engine.session import Outcome, Session
+from migration_assets.engine.work import head_run, partition_statuses, slice_runs, tail_run
+
+
+@dataclass
+class MigrateReport:
+    aborted: str = ""  # why the run stopped dispatching partitions early
+    schema_ok: bool = False
+    schema_message: str = ""
+    sequences_ok: bool = False
+    sequences_message: str = ""
+    indexes_rebuilt: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    skipped_partitions: int = 0
+    total_partitions: int = 0
+    reaped_runs: int = 0
+    resync: bool = False
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def recopied(self) -> int:
+        return sum(1 for o in self.outcomes if o.ok and o.copied)
+
+    @property
+    def ok(self) -> bool:
+        return self.schema_ok and not self.failed and self.sequences_ok and not self.aborted
+
+    @property
+    def rows(self) -> int:
+        return sum(o.rows for o in self.outcomes if o.ok)
+
+
+def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) -> int:
+    """Runs Dagster believes are running: a live one means another migration is at work
+    (refuse); a dead one (no heartbeat) is failed, so its slice is redone now."""
+    deadline = time.monotonic() + wait
+    first = {f.run.run_id: f.last_beat for f in in_flight(session.instance)}
+    reaped = 0
+    while first:
+        reaped += len(reap_lost_runs(session.instance))
+        still = {f.run.run_id: f.last_beat for f in in_flight(session.instance)}
+        alive = [run_id for run_id, beat in still.items() if beat != first.get(run_id, beat)]
+        if alive:
+            raise MigrationError(
+                f"another migration is running against this Dagster instance ({len(alive)} "
+                f"run(s) in progress, e.g. {alive[0]}): wait for it to finish (see the Dagster "
+                "UI), or stop it there, then run again."
+            )
+        if not still or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+        first = {k: v for k, v in first.items() if k in still}
+    return reaped
+
+
+def migrate(
+    session: Session,
+    *,
+    workers: int = 2,
+    force: bool = False,
+    resync: bool = False,
+    on_start: Callable[[int, int], None] = lambda total, done: None,
+    on_done: ProgressFn = lambda outcome: None,
+) -> MigrateReport:
+    """Head run, the partition runs that are due, tail run: all recorded in the instance."""
+    started = time.perf_counter()
+    report = MigrateReport(total_partitions=session.plan.total_partitions(), resync=resync)
+    limit = session.settings.migration_target_connections
+    workers = max(1, min(workers, limit))
+    with contextlib.ExitStack() as stack:
+        with report.phase("recover"):
+            report.reaped_runs = settle_in_flight(session)
+            apply_pool_limit(session.instance, limit)
+            statuses = partition_statuses(session.instance, session.plan)
+            runs, report.skipped_partitions = slice_runs(
+                session.plan, statuses, every=resync, force=force
+            )
+        pool = None
+        if workers > 1 and len(runs) > 1:
+            pool = WorkerPool(session.plan_path, workers)  # imports overlap the schema run
+            stack.callback(pool.close)
+        with report.phase("preflight and schema"):
+            head = session.execute(head_run())
+            report.schema_ok, report.schema_message = head.ok, head.message
+        if not head.ok:
+            report.seconds = time.perf_counter() - started
+            return report
+        on_start(len(runs), report.skipped_partitions)
+        with report.phase("partitions"):
+            if pool is not None:
+                report.outcomes, report.aborted = pool.run(runs, on_done)
+            else:
+                report.outcomes, report.aborted = run_inline(session, runs, on_done)
+        if not report.failed and not report.aborted:
+            with report.phase("indexes and sequences"):
+                tail = session.execute(tail_run())
+                report.sequences_ok, report.sequences_message = tail.ok, tail.message
+                report.indexes_rebuilt = tail.indexes_rebuilt
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,180 @@
+"""One process's view of the migration: settings, plan, definitions, instance, and a way to
+execute one run of the code location's asset job, exactly as the UI would launch it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from migration_assets.defs.build import build_definitions
+from migration_assets.defs.history import meta_text
+from migration_assets.defs.keys import REPORT_KEY
+from migration_assets.engine.home import open_instance, prepare_dagster_home
+from migration_assets.engine.work import RunSpec
+from migration_assets.plan import MigrationPlan, TablePlan, load_plan
+from migration_assets.settings import Settings
+
+TAG_LAUNCHED_BY = "migration_assets/launched_by"
+TAG_HOST = "migration_assets/host"
+# The CLI prints its own (PHI-safe) summary; Dagster's console echo would only repeat it.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# what a check's metadata says went wrong, in the order people want to read it
+WHY_KEYS = ("details", "behind", "queries", "error", "fix")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    spec: RunSpec
+    ok: bool
+    rows: int
+    seconds: float
+    message: str = ""
+    run_id: str = ""
+    copied: bool = True  # False: the slice already equalled the source's, nothing moved
+    indexes_rebuilt: int = 0
+
+
+@dataclass
+class Session:
+    settings: Settings
+    plan_path: Path
+    plan: MigrationPlan
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+
+    @classmethod
+    def open(cls, settings: Settings, plan_path: Path) -> Session:
+        settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
+        settings.export_environment()
+        os.environ["MIGRATION_PLAN"] = str(plan_path.resolve())
+        assert settings.dagster_home is not None
+        prepare_dagster_home(settings.dagster_home)
+        plan = load_plan(plan_path)
+        return cls(settings, plan_path, plan, build_definitions(plan, settings), open_instance())
+
+    @property
+    def job(self) -> dg.JobDefinition:
+        return self.defs.resolve_implicit_global_asset_job_def()
+
+    def materialize(
+        self, spec: RunSpec, run_config: dict[str, Any] | None = None
+    ) -> dg.ExecuteInProcessResult:
+        """One run of the code location's asset job (a subset of it for check-only runs),
+        recorded in the instance like any other; never raises for a failed step."""
+        job = self.job
+        selection: list[dg.AssetKey] | None = list(spec.assets)
+        if spec.checks:
+            job = job.get_subset(
+                asset_selection=set(spec.assets), asset_check_selection=set(spec.checks)
+            )
+            selection = None
+        return job.execute_in_process(
+            instance=self.instance,
+            partition_key=spec.partition,
+            asset_selection=selection,
+            run_config={**QUIET, **(run_config or self._config(spec))},
+            tags={TAG_LAUNCHED_BY: "cli", TAG_HOST: socket.gethostname()},
+            raise_on_error=False,
+        )
+
+    def execute(self, spec: RunSpec, run_config: dict[str, Any] | None = None) -> Outcome:
+        """One run, summarised for progress and the final report."""
+        started = time.perf_counter()
+        result = self.materialize(spec, run_config)
+        failures = blocking_failures(result)
+        return Outcome(
+            spec=spec,
+            ok=result.success and not failures,
+            rows=_count(result, "rows"),
+            seconds=time.perf_counter() - started,
+            message="" if result.success and not failures else describe_failure(result),
+            run_id=result.run_id,
+            copied=_copied(result),
+            indexes_rebuilt=_count(result, "indexes_rebuilt"),
+        )
+
+    def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
+        """Every separately executable check (or those of `tables`), in one recorded run."""
+        chosen = {tuple(t.asset_path) for t in tables} if tables is not None else None
+        keys = frozenset(
+            key
+            for checks in self.defs.asset_checks or []
+            for key in checks.check_keys
+            if chosen is None or tuple(key.asset_key.path) in chosen
+        )
+        return self.materialize(RunSpec(label="checks", assets=(), checks=keys))
+
+    def write_report(self, out_dir: Path) -> dg.ExecuteInProcessResult:
+        config = {"ops": {"migration_audit_report": {"config": {"out_dir": str(out_dir)}}}}
+        return self.materialize(RunSpec(label="audit report", assets=(REPORT_KEY,)), config)
+
+    def _config(self, spec: RunSpec) -> dict[str, Any]:
+        if not spec.force:
+            return {}
+        op = self.defs.resolve_assets_def(spec.assets[0]).op.name
+        return {"ops": {op: {"config": {"force": True}}}}
+
+
+def blocking_failures(result: dg.ExecuteInProcessResult) -> list[Any]:
+    """Check evaluations that failed with ERROR severity (WARN is advisory)."""
+    return [
+        e
+        for e in result.get_asset_check_evaluations()
+        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
+
+
+def crashed(result: dg.ExecuteInProcessResult) -> bool:
+    """A step failed for a reason other than a blocking check that failed: a failed check is
+    a result (shown with its details), not a check that could not run."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            if error is None or error.cls_name != "DagsterAssetCheckFailedError":
+                return True
+    return False
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """The first failed step's own description (already free of row values)."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            data = event.step_failure_data
+            if data.user_failure_data is not None and data.user_failure_data.description:
+                return data.user_failure_data.description.strip()
+            if data.error is not None:
+                return data.error.message.strip().split("\n")[0][:500]
+    return "the run failed (see the Dagster UI for the run's events)"
+
+
+def describe_failure(result: dg.ExecuteInProcessResult) -> str:
+    """The failed checks of a run, each with what its metadata says, else the step's error."""
+    lines = []
+    for evaluation in blocking_failures(result):
+        meta = evaluation.metadata
+        text = "\n".join(meta_text(meta, key) for key in WHY_KEYS if key in meta)
+        lines.append(f"{evaluation.check_name} failed:\n{text}")
+    if crashed(result) or not lines:
+        lines.append(failure_message(result))
+    return "\n".join(lines)
+
+
+def _count(result: dg.ExecuteInProcessResult, key: str) -> int:
+    """A number the run's materializations recorded, summed over them."""
+    return sum(
+        int(meta_text(e.materialization.metadata, key, "0") or 0)
+        for e in result.get_asset_materialization_events()
+    )
+
+
+def _copied(result: dg.ExecuteInProcessResult) -> bool:
+    return all(
+        meta_text(e.materialization.metadata, "copied", "True") == "True"
+        for e in result.get_asset_materialization_events()
+    )

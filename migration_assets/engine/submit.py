@@ -1,0 +1,118 @@
+"""`migrate --submit`: the same runs, as an asset backfill in the instance at DAGSTER_HOME.
+
+Its daemon's backfill and run-queue loops, its run coordinator and its run launcher decide
+where each run executes (a process per run, a Kubernetes job, an ECS task): this module
+only submits and follows. No public Dagster API creates an asset backfill without the
+GraphQL server, so this is the one place that uses Dagster's internal backfill classes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.execution.backfill import (
+    BULK_ACTION_TERMINAL_STATUSES,
+    BulkActionStatus,
+    PartitionBackfill,
+)
+from dagster._core.utils import make_new_backfill_id
+
+from migration_assets.db.errors import MigrationError
+from migration_assets.engine.session import TAG_LAUNCHED_BY, Session
+from migration_assets.engine.work import HEAD, TAIL, RunSpec
+
+DAEMON_FRESH_SECONDS = 60.0
+DAEMON_WAIT_SECONDS = 10.0
+NEEDED_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR")
+BACKFILL_TAG = "dagster/backfill"
+
+
+def daemon_problem(instance: dg.DagsterInstance, wait: float = DAEMON_WAIT_SECONDS) -> str:
+    """'' when a daemon serves this instance (fresh heartbeats), else what to start."""
+    deadline = time.monotonic() + wait
+    while True:
+        beats = instance.get_daemon_heartbeats()
+        now = time.time()
+        fresh = {k for k, b in beats.items() if now - b.timestamp < DAEMON_FRESH_SECONDS}
+        if "BACKFILL" in fresh:
+            return ""
+        if time.monotonic() > deadline:
+            return (
+                "no Dagster daemon serves this DAGSTER_HOME (no backfill daemon heartbeat in "
+                f"the last {DAEMON_FRESH_SECONDS:.0f} s), so a submitted backfill would never "
+                "start. Start one: `dagster-daemon run -w workspace.yaml` with the same "
+                "DAGSTER_HOME and settings (or `migration-assets ui`), then run again."
+            )
+        time.sleep(1.0)
+
+
+def submit(session: Session, slices: list[RunSpec], *, force: bool) -> str:
+    """Add a backfill of the head assets, the given partitions and the tail; its id."""
+    if force:
+        raise MigrationError(
+            "--submit with --force is not supported: a backfill cannot pass per-run config. "
+            "Use --resync (re-copies every slice that differs) or run --force locally."
+        )
+    graph = session.defs.resolve_asset_graph()
+    wanted = {AssetKeyPartitionKey(key, None) for key in (*HEAD, *TAIL)}
+    wanted |= {AssetKeyPartitionKey(s.assets[0], s.partition) for s in slices}
+    backfill_id = make_new_backfill_id()
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=backfill_id,
+        backfill_timestamp=time.time(),
+        tags={TAG_LAUNCHED_BY: "cli --submit"},
+        dynamic_partitions_store=session.instance,
+        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(wanted, graph),
+        title="migration-assets migrate --submit",
+        description=f"{len(slices)} partition(s), with the schema, indexes and sequences",
+        run_config=None,
+    )
+    session.instance.add_backfill(backfill)
+    return backfill_id
+
+
+@dataclass
+class Progress:
+    status: str
+    materialized: int
+    failed: int
+    runs: int
+
+
+def follow(
+    session: Session,
+    backfill_id: str,
+    on_progress: Callable[[Progress], None],
+    poll: float = 1.0,
+) -> Progress:
+    """Poll the backfill until it ends; Ctrl-C stops following, never the backfill."""
+    while True:
+        backfill = session.instance.get_backfill(backfill_id)
+        if backfill is None:
+            raise MigrationError(f"backfill {backfill_id} disappeared from the instance")
+        progress = _progress(session, backfill)
+        on_progress(progress)
+        if backfill.status in BULK_ACTION_TERMINAL_STATUSES:
+            return progress
+        time.sleep(poll)
+
+
+def _progress(session: Session, backfill: PartitionBackfill) -> Progress:
+    records = session.instance.get_run_records(
+        filters=dg.RunsFilter(tags={BACKFILL_TAG: backfill.backfill_id})
+    )
+    data = backfill.asset_backfill_data
+    materialized = failed = 0
+    if data is not None:
+        materialized = data.materialized_subset.num_partitions_and_non_partitioned_assets
+        failed = data.failed_and_downstream_subset.num_partitions_and_non_partitioned_assets
+    return Progress(backfill.status.value, materialized, failed, len(records))
+
+
+def succeeded(progress: Progress) -> bool:
+    return progress.status == BulkActionStatus.COMPLETED_SUCCESS.value

@@ -1,0 +1,106 @@
+"""Which runs of the graph are due, in the order a UI "Materialize all" backfill runs them.
+
+head: the preflight and the schema (with its blocking checks), in one run;
+body: one run per table partition that is not verified (missing or failed; with `every`,
+      all of them, each of which re-copies only if its slice differs);
+tail: the index rebuild and the sequences (with the readiness checks), in one run.
+Partition keys carry each slice's fingerprint, so a re-planned slice is a new, missing key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import dagster as dg
+
+from migration_assets.defs.keys import INDEXES_KEY, PREFLIGHT_KEY, SCHEMA_KEY, SEQUENCES_KEY
+from migration_assets.plan import MigrationPlan, TablePlan
+
+HEAD = (PREFLIGHT_KEY, SCHEMA_KEY)
+TAIL = (INDEXES_KEY, SEQUENCES_KEY)
+
+
+class Status(StrEnum):
+    MATERIALIZED = "materialized"
+    FAILED = "failed"
+    MISSING = "missing"
+    IN_PROGRESS = "in progress"
+
+
+_FROM_DAGSTER = {
+    "MATERIALIZED": Status.MATERIALIZED,
+    "FAILED": Status.FAILED,
+    "IN_PROGRESS": Status.IN_PROGRESS,
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the code location's asset job: what the UI's backfill would launch."""
+
+    label: str  # for people: "supabase_schema", "public.patients 003-1f2e3d4c"
+    assets: tuple[dg.AssetKey, ...]
+    partition: str | None = None
+    table: str = ""  # qualified, for a partition run
+    force: bool = False
+    weight: int = 0
+    checks: frozenset[dg.AssetCheckKey] = frozenset()  # a check-only run (verify)
+
+
+def partition_statuses(
+    instance: dg.DagsterInstance, plan: MigrationPlan
+) -> dict[str, dict[str, Status]]:
+    """Every table's partitions as Dagster records them: the one checkpoint there is."""
+    out: dict[str, dict[str, Status]] = {}
+    for table in plan.tables:
+        keys = table.partition_keys
+        raw = instance.get_status_by_partition(
+            dg.AssetKey(table.asset_path), keys, dg.StaticPartitionsDefinition(keys)
+        )
+        out[table.qualified] = {
+            pk: _FROM_DAGSTER.get(str(getattr(s, "value", s)), Status.MISSING)
+            for pk, s in (raw or {}).items()
+        }
+        for pk in keys:
+            out[table.qualified].setdefault(pk, Status.MISSING)
+    return out
+
+
+def slice_runs(
+    plan: MigrationPlan,
+    statuses: dict[str, dict[str, Status]],
+    *,
+    every: bool = False,
+    force: bool = False,
+) -> tuple[list[RunSpec], int]:
+    """Partition runs due (largest first, for an even finish) and how many are verified."""
+    runs: list[RunSpec] = []
+    done = 0
+    for table in plan.tables:
+        for pk, status in statuses[table.qualified].items():
+            if every or force or status is not Status.MATERIALIZED:
+                runs.append(slice_run(table, pk, force=force))
+            else:
+                done += 1
+    runs.sort(key=lambda r: -r.weight)
+    return runs, done
+
+
+def slice_run(table: TablePlan, partition: str, *, force: bool = False) -> RunSpec:
+    return RunSpec(
+        label=f"{table.qualified} {partition}",
+        assets=(dg.AssetKey(table.asset_path),),
+        partition=partition,
+        table=table.qualified,
+        force=force,
+        weight=max(1, table.row_estimate // max(1, table.slicing.partitions)),
+    )
+
+
+def head_run() -> RunSpec:
+    return RunSpec(label="preflight and schema", assets=HEAD)
+
+
+def tail_run() -> RunSpec:
+    return RunSpec(label="indexes and sequences", assets=TAIL)
