@@ -146,8 +146,8 @@ def test_two_migrates_at_once_the_second_refuses(
     second = _start(m, isolated_cwd)
     code, output = _output(second, timeout=60)
     assert code == 2, output
-    assert "already running against this target" in output
-    assert "pid=" in output, "the message should say who holds the lock"
+    assert "another migration is running" in output
+    assert "run(s) in progress, e.g. " in output, "the message should name a run to look at"
     code, output = _output(first)
     assert code == 0, output
     _finish(m)

@@ -94,8 +94,8 @@ def print_migrate(report: MigrateReport) -> int:
     """The summary, and the exit code it means."""
     if not report.schema_ok:
         err.print("[bold red]preflight or schema step failed; no data was copied.[/]")
-        err.print(report.schema_message, markup=False)
-        return EXIT_UNVERIFIED
+        err.print(report.schema_message, markup=False, soft_wrap=True)
+        return EXIT_CONFIG if report.schema_crashed else EXIT_UNVERIFIED
     copied = len(report.outcomes) - len(report.failed)
     if report.resync:
         out.print(

@@ -86,11 +86,10 @@ def _table_entry(
         record = latest.get(pk)
         mat = record.asset_materialization if record is not None else None
         meta = {k: plain(v) for k, v in mat.metadata.items()} if mat is not None else {}
-        current = meta.get("slice_fingerprint") == table.slice(pk).fingerprint
         slices.append(
             {
                 "partition": pk,
-                "verified": bool(mat is not None and current),
+                "verified": mat is not None,  # the key names the slice's fingerprint
                 "rows": meta.get("target_rows"),
                 "source_checksum": meta.get("source_checksum"),
                 "target_checksum": meta.get("target_checksum"),

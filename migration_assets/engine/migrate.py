@@ -26,6 +26,7 @@ class MigrateReport:
     aborted: str = ""  # why the run stopped dispatching partitions early
     schema_ok: bool = False
     schema_message: str = ""
+    schema_crashed: bool = False  # preflight or schema could not run: bad input, exit 2
     sequences_ok: bool = False
     sequences_message: str = ""
     indexes_rebuilt: int = 0
@@ -114,6 +115,7 @@ def migrate(
         with report.phase("preflight and schema"):
             head = session.execute(head_run())
             report.schema_ok, report.schema_message = head.ok, head.message
+            report.schema_crashed = head.crashed
         if not head.ok:
             report.seconds = time.perf_counter() - started
             return report

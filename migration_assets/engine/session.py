@@ -38,6 +38,7 @@ class Outcome:
     run_id: str = ""
     copied: bool = True  # False: the slice already equalled the source's, nothing moved
     indexes_rebuilt: int = 0
+    crashed: bool = False  # a step raised (could not run), rather than a check failing
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Session:
             run_id=result.run_id,
             copied=_copied(result),
             indexes_rebuilt=_count(result, "indexes_rebuilt"),
+            crashed=not result.success and crashed(result),
         )
 
     def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
