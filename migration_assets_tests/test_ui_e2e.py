@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql
@@ -48,7 +49,7 @@ from migration_assets.plan import MigrationPlan, save_plan
 from migration_assets.planner import build_plan
 from migration_assets.settings import SETTING_NAMES
 from migration_assets_tests.conftest import REPO_ROOT, Databases, unique
-from migration_assets_tests.helpers import run_cli
+from migration_assets_tests.helpers import assert_equal_databases, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -63,6 +64,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
 LIMIT = 2  # MIGRATION_TARGET_CONNECTIONS for the backfill
+DEFER_ABOVE = 500  # rows: the two biggest tables of the 300-patient clinic load index-free
 POOL = "supabase_target"
 MIGRATION_APP = "migration_assets"  # application_name of every migration connection
 TABLE = ("public", "patients")  # the table whose pages we read and whose slice we break
@@ -204,6 +206,8 @@ def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> di
 
 @dataclass
 class Served:
+    """The UI's migration; `env` is its settings, for a `migrate` of the same source."""
+
     url: str
     ui: UiProcess
     stack: DevStack
@@ -212,6 +216,7 @@ class Served:
     target_db: str
     dagster_db: str
     home: Path
+    env: dict[str, str]
 
     @property
     def tables(self) -> list[tuple[str, str, int]]:
@@ -259,11 +264,12 @@ def served(
         DAGSTER_HOME=str(home),
         DAGSTER_PG_PASSWORD=stack.passwords["dagster"],
         MIGRATION_TARGET_CONNECTIONS=str(LIMIT),
+        MIGRATION_DEFER_INDEXES_ABOVE=str(DEFER_ABOVE),
     )
     ui = UiProcess.start(["--port", str(free_port())], env, work)
     try:
         url = ui.wait_for_url()
-        yield Served(url, ui, stack, plan, target_url, target_db, dagster_db, home)
+        yield Served(url, ui, stack, plan, target_url, target_db, dagster_db, home, env)
     finally:
         code = ui.stop(signal.SIGTERM) if ui.proc.poll() is None else ui.proc.returncode
         left = wait_until_gone(str(home))
@@ -564,6 +570,87 @@ def test_a_backfill_never_opens_more_connections_than_the_limit(
     assert max(s.claimed for s in samples) <= LIMIT
     # Not vacuous: at some moment the pool had to hold work back.
     assert any(s.limit_binding for s in samples), "the limit never mattered: nothing proved"
+
+
+def test_a_ui_backfill_and_migrate_end_in_the_same_state(
+    served: Served, backfill: Backfill, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI's "Materialize all" and `migrate` on another cold target, same source and
+    settings: equal rows, indexes (all valid), sequences, check outcomes; both deferred."""
+    _wait_for(lambda: _backfill_status(served.url) in DONE, 180, "the backfill to complete")
+    assert _backfill_status(served.url) == "COMPLETED_SUCCESS"
+    cli_home = isolated_cwd / "cli_home"
+    cli_home.mkdir()
+    cli_target = served.stack.create_target_database(unique("tgt_cli"))
+    for name in SETTINGS:
+        if name in served.env:
+            monkeypatch.setenv(name, served.env[name])
+    monkeypatch.setenv("SUPABASE_DB_URL", cli_target)
+    monkeypatch.setenv("DAGSTER_HOME", str(cli_home))
+    code, output = run_cli(["migrate", "--workers", "2"])
+    assert code == 0, output
+
+    source = served.env["SOURCE_DATABASE_URL"]
+    assert assert_equal_databases(source, served.target_url) == assert_equal_databases(
+        source, cli_target
+    )
+    ui_indexes, cli_indexes = _indexes(served.target_url), _indexes(cli_target)
+    assert ui_indexes == cli_indexes
+    assert all(valid for _, valid in ui_indexes.values()), ui_indexes
+    assert _sequences(served.target_url) == _sequences(cli_target)
+    ui_instance = dg.DagsterInstance.from_config(str(served.home))
+    cli_instance = dg.DagsterInstance.from_config(str(cli_home))
+    ui_checks, cli_checks = _check_outcomes(ui_instance), _check_outcomes(cli_instance)
+    assert ui_checks == cli_checks
+    assert len(ui_checks) > 20, ui_checks
+    assert all(ui_checks.values()), ui_checks
+    deferred = [_indexes_rebuilt(i) for i in (ui_instance, cli_instance)]
+    assert deferred[0] == deferred[1] > 0, f"rebuilt after the load: ui, cli = {deferred}"
+
+
+def _indexes(url: str) -> dict[str, tuple[str, bool]]:
+    """Every index of the migrated schemas: its definition and whether it is valid."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT n.nspname || '.' || c.relname, pg_get_indexdef(i.indexrelid), i.indisvalid "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname IN ('public', 'reference')"
+        ).fetchall()
+    return {str(name): (str(definition), bool(valid)) for name, definition, valid in rows}
+
+
+def _sequences(url: str) -> dict[str, int | None]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT schemaname || '.' || sequencename, last_value FROM pg_sequences "
+            "WHERE schemaname IN ('public', 'reference')"
+        ).fetchall()
+    assert rows, "the clinic schema has sequences"
+    return {str(name): value for name, value in rows}
+
+
+def _check_outcomes(instance: dg.DagsterInstance) -> dict[str, bool]:
+    """Each check's latest result, by asset and check name (partitions pooled: all must
+    pass for True)."""
+    outcomes: dict[str, bool] = {}
+    for record in instance.get_run_records():
+        for event in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
+            assert event.dagster_event is not None
+            evaluation: Any = event.dagster_event.event_specific_data
+            key = f"{evaluation.asset_key.to_user_string()} {evaluation.check_name}"
+            outcomes[key] = outcomes.get(key, True) and bool(evaluation.passed)
+    return outcomes
+
+
+def _indexes_rebuilt(instance: dg.DagsterInstance) -> int:
+    record = instance.get_latest_materialization_event(dg.AssetKey("supabase_indexes"))
+    assert record is not None
+    assert record.asset_materialization is not None
+    rebuilt: Any = record.asset_materialization.metadata["indexes_rebuilt"]
+    return int(rebuilt.value)
 
 
 RUNNING = {"In Progress", "Queued", "Running"}
