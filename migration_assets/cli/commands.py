@@ -36,6 +36,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from migration_assets.planner import build_plan
 
     settings = load_settings(args.env_file)
+    settings.export_environment()  # connect() reads the timeouts from there, .env's included
     with connect(settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
         plan = build_plan(
             conn,

@@ -1,0 +1,353 @@
+"""Every setting put only in `.env` reaches the code that uses it, not only `Settings`.
+
+One case per name in SETTING_NAMES: a setting added without a case here fails the test. Each
+case writes a `.env` into an isolated working directory (the process environment holds no
+setting), sets the one setting to a value other than its default (plus the settings the
+command needs anyway), runs the command users run and observes the effect on the servers, the
+plan, the instance or the connection options.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql
+
+from migration_assets.db.dsn import display_url, parse_dsn
+from migration_assets.db.keyhash import label
+from migration_assets.db.session import connect
+from migration_assets.defs.keys import POOLER_READY, SCHEMA_KEY, SEQUENCES_KEY, TARGET_POOL
+from migration_assets.devstack.binaries import pg_bin_dir
+from migration_assets.plan import load_plan
+from migration_assets.settings import SETTING_NAMES
+from migration_assets_tests.conftest import REPO_ROOT, Migration, MigrationFactory
+from migration_assets_tests.helpers import assert_equal_databases, run_cli
+
+pytestmark = pytest.mark.integration
+
+# one small schema, one partition per table: the cases observe settings, not throughput
+TINY_PLAN = ["--schema", "reference", "--min-partitions", "1"]
+SECRET = "0123456789abcdef" * 4
+
+
+@dataclass
+class Case:
+    m: Migration
+    cwd: Path
+
+    def write_env(self, values: dict[str, str]) -> None:
+        """Single quotes: python-dotenv takes the value literally (URLs carry ? and &)."""
+        lines = [f"{k}='{v}'" for k, v in values.items()]
+        (self.cwd / ".env").write_text("\n".join(lines) + "\n")
+
+    def configure(self, **extra: str) -> None:
+        """Everything a migration needs, in `.env` only, plus the setting under test."""
+        self.write_env({**self.m.env(), **extra})
+        clear_settings()
+
+    def plan(self) -> None:
+        code, output = run_cli(["plan", "--out", str(self.m.plan_path), *TINY_PLAN])
+        assert code == 0, output
+        clear_settings()
+
+    def migrate(self) -> tuple[int, str]:
+        code, output = run_cli(["migrate", "--workers", "1"])
+        clear_settings()
+        return code, output
+
+    def instance(self, home: Path | None = None) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(str(home or self.m.dagster_home))
+
+
+def clear_settings() -> None:
+    """Commands export their settings into os.environ (for Dagster's EnvVars and run
+    workers); the next command must again find them in `.env` only."""
+    for name in SETTING_NAMES:
+        os.environ.pop(name, None)
+
+
+def target_table_exists(url: str, name: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+    return bool(row and row[0])
+
+
+def without_sslrootcert(url: str) -> str:
+    params = parse_dsn(url)
+    params.pop("sslrootcert", None)
+    assert params.get("sslmode") == "verify-full", "the case needs a verify-full target URL"
+    return display_url(params, mask=False)
+
+
+# ------------------------------------------------------------------------- the cases
+
+CASES: dict[str, Callable[[Case], None]] = {}
+
+
+def case(name: str) -> Callable[[Callable[[Case], None]], Callable[[Case], None]]:
+    def register(fn: Callable[[Case], None]) -> Callable[[Case], None]:
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+@case("SOURCE_DATABASE_URL")
+def _source(c: Case) -> None:
+    """`plan` reflects the database the .env names."""
+    c.write_env({"SOURCE_DATABASE_URL": c.m.source_url})
+    c.plan()
+    assert {t.qualified for t in load_plan(c.m.plan_path).tables} == {
+        "reference.code_aliases",
+        "reference.loinc_codes",
+    }
+
+
+@case("SUPABASE_DB_URL")
+def _target(c: Case) -> None:
+    """`migrate` writes into the database the .env names."""
+    c.configure()
+    c.plan()
+    code, output = c.migrate()
+    assert code == 0, output
+    assert_equal_databases(c.m.source_url, c.m.target_url, schemas=["reference"])
+
+
+@case("SUPABASE_SSLROOTCERT")
+def _sslrootcert(c: Case) -> None:
+    """verify-full URLs without a CA in them: every run's connections take the .env's CA."""
+    target = without_sslrootcert(c.m.target_url)
+    pooler = without_sslrootcert(c.m.pooler_url or "")
+    c.configure(SUPABASE_DB_URL=target, SUPABASE_POOLER_URL=pooler)
+    c.plan()
+    code, output = c.migrate()
+    assert code == 0, output
+    assert_equal_databases(c.m.source_url, c.m.target_url, schemas=["reference"])
+
+
+@case("SUPABASE_POOLER_URL")
+def _pooler(c: Case) -> None:
+    """The pooler check connects through the .env's pooler (unset: a warning naming it)."""
+    c.configure()
+    c.plan()
+    code, output = c.migrate()
+    assert code == 0, output
+    key = dg.AssetCheckKey(SEQUENCES_KEY, POOLER_READY)
+    with c.instance() as instance:
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+    assert records, "the pooler check did not run"
+    event = records[0].event
+    assert event is not None
+    assert event.dagster_event is not None
+    evaluation = event.dagster_event.event_specific_data
+    assert isinstance(evaluation, dg.AssetCheckEvaluation)
+    assert "connect_ms" in evaluation.metadata, evaluation.metadata
+    assert evaluation.passed, evaluation.metadata
+
+
+@case("MIGRATION_SCHEMA_MODE")
+def _schema_mode(c: Case) -> None:
+    """`existing`: the schema step applies nothing, so an empty target stays empty."""
+    c.configure(MIGRATION_SCHEMA_MODE="existing")
+    c.plan()
+    code, output = c.migrate()
+    assert code != 0, output
+    assert not target_table_exists(c.m.target_url, "reference.loinc_codes"), (
+        "the schema was applied although MIGRATION_SCHEMA_MODE=existing"
+    )
+
+
+@case("MIGRATION_PLAN")
+def _plan(c: Case) -> None:
+    """`status` without --plan reads the plan the .env names."""
+    custom = c.cwd / "plans" / "reviewed.json"
+    custom.parent.mkdir()
+    c.configure(MIGRATION_PLAN=str(custom))
+    code, output = run_cli(["plan", "--out", str(custom), *TINY_PLAN])
+    assert code == 0, output
+    clear_settings()
+    code, output = run_cli(["status"])
+    assert code in (0, 1), output
+    assert "loinc_codes" in output, output
+
+
+@case("MIGRATION_KEY_SECRET")
+def _key_secret(c: Case) -> None:
+    """`locate` finds a row by a hash made with the .env's secret (there is no DAGSTER_HOME
+    to fall back on)."""
+    c.write_env(
+        {
+            "SOURCE_DATABASE_URL": c.m.source_url,
+            "MIGRATION_PLAN": str(c.m.plan_path),
+            "MIGRATION_KEY_SECRET": SECRET,
+        }
+    )
+    c.plan()
+    with psycopg.connect(c.m.source_url) as conn:
+        row = conn.execute("SELECT code::text FROM reference.loinc_codes LIMIT 1").fetchone()
+    assert row is not None
+    wanted = label(str(row[0]), SECRET.encode())
+    code, output = run_cli(["locate", wanted, "--table", "reference.loinc_codes", "--on", "source"])
+    assert code == 0, output
+    assert "reference.loinc_codes on the source: ctid" in output
+
+
+@case("DAGSTER_HOME")
+def _dagster_home(c: Case) -> None:
+    """`verify` records its run in the instance of the .env's DAGSTER_HOME."""
+    home = c.cwd / "home_from_dotenv"
+    c.configure(DAGSTER_HOME=str(home))
+    c.plan()
+    code, output = run_cli(["verify", "--tables", "reference.loinc_codes"])
+    clear_settings()
+    assert code in (0, 1), output
+    with c.instance(home) as instance:
+        assert instance.get_runs_count() == 1
+
+
+@case("MIGRATION_TARGET_CONNECTIONS")
+def _target_connections(c: Case) -> None:
+    """`migrate` sets the instance's `supabase_target` pool to the .env's limit."""
+    c.configure(MIGRATION_TARGET_CONNECTIONS="3")
+    c.plan()
+    code, output = c.migrate()
+    assert code == 0, output
+    with c.instance() as instance:
+        assert instance.event_log_storage.supports_global_concurrency_limits
+        info = instance.event_log_storage.get_concurrency_info(TARGET_POOL)
+    assert info.slot_count == 3
+
+
+@case("MIGRATION_DEFER_INDEXES_ABOVE")
+def _defer_indexes(c: Case) -> None:
+    """0: even these small cold tables load without their plain index, rebuilt afterwards."""
+    c.configure(MIGRATION_DEFER_INDEXES_ABOVE="0")
+    c.plan()
+    code, output = c.migrate()
+    assert code == 0, output
+    with c.instance() as instance:
+        event = instance.get_latest_materialization_event(SCHEMA_KEY)
+    assert event is not None
+    assert event.asset_materialization is not None
+    deferred = event.asset_materialization.metadata["deferred_indexes"]
+    assert "code_aliases_alias_idx" in str(deferred.value)
+    with psycopg.connect(c.m.target_url) as conn:
+        rebuilt = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'code_aliases_alias_idx'"
+        ).fetchone()
+    assert rebuilt == (1,)
+
+
+def _shown_by_our_sessions(c: Case, show: str) -> tuple[dict[str, str], str]:
+    """The client options and a server setting of a target session opened by the project's
+    `connect`, in the process that just ran the command (where its runs connect)."""
+    with connect(
+        c.m.target_url, setting="SUPABASE_DB_URL", sslrootcert=str(c.m.ca_file), guard_server=True
+    ) as conn:
+        options = parse_dsn(conn.info.dsn)
+        row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(show))).fetchone()
+    assert row is not None
+    return options, str(row[0])
+
+
+def _each_command(c: Case) -> Iterator[str]:
+    """`plan` (no Session) and `status` (a Session, as migrate/verify/report); the caller
+    probes after each, before the settings are cleared again."""
+    code, output = run_cli(["plan", "--out", str(c.m.plan_path), *TINY_PLAN])
+    assert code == 0, output
+    yield "plan"
+    code, output = run_cli(["status"])
+    assert code in (0, 1), output
+    yield "status"
+
+
+@case("MIGRATION_STATEMENT_TIMEOUT")
+def _statement_timeout(c: Case) -> None:
+    c.configure(MIGRATION_STATEMENT_TIMEOUT="45s")
+    for command in _each_command(c):
+        _, shown = _shown_by_our_sessions(c, "statement_timeout")
+        assert shown == "45s", f"after `{command}`: statement_timeout {shown}"
+        clear_settings()
+
+
+@case("MIGRATION_NETWORK_TIMEOUT")
+def _network_timeout(c: Case) -> None:
+    c.configure(MIGRATION_NETWORK_TIMEOUT="90")
+    for command in _each_command(c):
+        options, shown = _shown_by_our_sessions(c, "idle_in_transaction_session_timeout")
+        assert options.get("tcp_user_timeout") == "90000", f"after `{command}`: {options}"
+        assert options.get("keepalives_idle") == "30", f"after `{command}`: {options}"
+        assert shown == "15min", f"after `{command}`: idle_in_transaction {shown}"
+        clear_settings()
+
+
+@case("MIGRATION_ALEMBIC_CONFIG")
+def _alembic_config(c: Case) -> None:
+    """The schema step upgrades with the .env's alembic.ini: this one knows revision 0001
+    only, the repository's (the default here) goes to 0004."""
+    app = c.cwd / "app"
+    shutil.copytree(REPO_ROOT / "alembic", app / "alembic")
+    shutil.copy(REPO_ROOT / "alembic.ini", app / "alembic.ini")
+    for version in (app / "alembic" / "versions").glob("000[2-9]_*.py"):
+        version.unlink()
+    c.configure(MIGRATION_ALEMBIC_CONFIG=str(app / "alembic.ini"))
+    c.plan()
+    c.migrate()  # the schema check refuses the older schema; the revision tells which ini ran
+    with psycopg.connect(c.m.target_url) as conn:
+        row = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
+    assert row == ("0001",)
+
+
+@case("MIGRATION_PG_BIN")
+def _pg_bin(c: Case) -> None:
+    """pg_dump schema mode runs pg_dump and psql from the .env's bin directory."""
+    real, log = pg_bin_dir(), c.cwd / "tools.log"
+    bin_dir = c.cwd / "pgbin"
+    bin_dir.mkdir()
+    for tool in ("pg_dump", "psql"):
+        wrapper = bin_dir / tool
+        wrapper.write_text(f'#!/bin/sh\necho {tool} "$1" >> "{log}"\nexec "{real / tool}" "$@"\n')
+        wrapper.chmod(0o755)
+    c.configure(MIGRATION_SCHEMA_MODE="pg_dump", MIGRATION_PG_BIN=str(bin_dir))
+    c.plan()
+    c.migrate()  # the plan's one schema leaves alembic_version behind: the check refuses that
+    assert target_table_exists(c.m.target_url, "reference.loinc_codes")
+    used = log.read_text().splitlines()
+    assert "pg_dump --schema-only" in used, used
+    assert any(line.startswith("psql ") for line in used), used
+
+
+# ------------------------------------------------------------------------- the test
+
+
+@pytest.fixture
+def restored_environment() -> Iterator[None]:
+    """Commands export settings into os.environ directly; the next test must not see them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("name", SETTING_NAMES)
+def test_a_setting_only_in_dotenv_takes_effect(
+    name: str,
+    migration: MigrationFactory,
+    isolated_cwd: Path,
+    restored_environment: None,
+) -> None:
+    assert name in CASES, f"{name} has no case in {__name__}: add one that observes its effect"
+    made = migration()
+    clear_settings()  # the fixture put them in the environment; here they live in .env only
+    CASES[name](Case(made, isolated_cwd))
+
+
+def test_every_case_is_a_setting() -> None:
+    assert set(CASES) <= set(SETTING_NAMES), set(CASES) - set(SETTING_NAMES)
