@@ -23,6 +23,7 @@ from dagster._core.execution.backfill import (
 from dagster._core.utils import make_new_backfill_id
 
 from migration_assets.db.errors import MigrationError
+from migration_assets.engine.home import apply_pool_limit
 from migration_assets.engine.session import TAG_LAUNCHED_BY, Session
 from migration_assets.engine.work import HEAD, TAIL, RunSpec
 
@@ -72,6 +73,9 @@ def submit(session: Session, slices: list[RunSpec], *, force: bool) -> str:
         description=f"{len(slices)} partition(s), with the schema, indexes and sequences",
         run_config=None,
     )
+    # the instance's default pool limit is not the operator's: the backfill's runs, on whatever
+    # hosts, must hold the target to MIGRATION_TARGET_CONNECTIONS, as a local `migrate` does
+    apply_pool_limit(session.instance, session.settings.migration_target_connections)
     session.instance.add_backfill(backfill)
     return backfill_id
 

@@ -1,0 +1,413 @@
+"""`migrate --submit`: the migration as an asset backfill that the instance's daemon runs.
+
+Each test gets its own PostgreSQL-backed Dagster instance with the QueuedRunCoordinator and
+the default run launcher (a process per run), as deploy/dagster.yaml sets up production, and
+starts `dagster-daemon run -w workspace.yaml` itself when it needs one. The instance's
+default pool limit is 4 while MIGRATION_TARGET_CONNECTIONS says less: the limit the operator
+set is the one the target must see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from migration_assets.db.dsn import parse_dsn
+from migration_assets.db.schema import alembic_upgrade
+from migration_assets.defs.keys import TARGET_POOL
+from migration_assets.devstack.shape import dagster_yaml
+from migration_assets.devstack.stack import DevStack
+from migration_assets.plan import MigrationPlan, load_plan
+from migration_assets_tests.conftest import (
+    ALEMBIC_INI,
+    REPO_ROOT,
+    Migration,
+    MigrationFactory,
+    unique,
+)
+from migration_assets_tests.faults import slow_down, speed_up, wait_for_copy
+from migration_assets_tests.helpers import assert_equal_databases, cli_process, run_cli, user_tables
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Each run is a process that imports Dagster and loads the code location: about 10 s on this
+# 2-core machine, so a few slices per big table (150 rows per slice made 34 runs, > 7 min).
+PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
+YAML_POOL_LIMIT = 4  # the instance's default; the setting below must win over it
+MIGRATION_APP = "migration_assets"
+SLOW_TABLE = "public.observations"
+BACKFILL_PARTITION_TAG = "dagster/partition"
+DAEMON = Path(sys.executable).with_name("dagster-daemon")
+
+
+@dataclass
+class Queued:
+    """A migration whose DAGSTER_HOME is a PostgreSQL instance with a run queue."""
+
+    m: Migration
+    stack: DevStack
+    env: dict[str, str]
+    cwd: Path
+
+    @property
+    def target_db(self) -> str:
+        return parse_dsn(self.m.target_url)["dbname"]
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(str(self.m.dagster_home))
+
+    def plan(self) -> MigrationPlan:
+        code, output = run_cli(["plan", "--out", str(self.m.plan_path), *PLAN_ARGS])
+        assert code == 0, output
+        plan = load_plan(self.m.plan_path)
+        assert sum(t.slicing.partitions >= 3 for t in plan.tables) >= 2, output
+        return plan
+
+    def submit(self) -> subprocess.Popen[str]:
+        return cli_process(["migrate", "--submit"], self.env, self.cwd)
+
+
+def queued_instance(
+    migration: MigrationFactory,
+    stack: DevStack,
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    target_connections: int,
+) -> Queued:
+    assert stack.dagster is not None
+    m = migration()
+    dagster_db = unique("dagster_submit")
+    stack.dagster.admin(f'CREATE DATABASE "{dagster_db}" OWNER dagster')
+    yaml = dagster_yaml(port=stack.dagster.port, db=dagster_db, target_connections=YAML_POOL_LIMIT)
+    assert "QueuedRunCoordinator" in yaml, yaml
+    assert "default_limit: 4" in yaml, yaml
+    (m.dagster_home / "dagster.yaml").write_text(yaml)
+    extra = {
+        "DAGSTER_PG_PASSWORD": stack.passwords["dagster"],
+        "MIGRATION_TARGET_CONNECTIONS": str(target_connections),
+    }
+    for key, value in extra.items():
+        monkeypatch.setenv(key, value)
+    return Queued(m, stack, {**m.env(), **extra}, cwd)
+
+
+@contextlib.contextmanager
+def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
+    """`dagster-daemon run -w workspace.yaml` in its own session, with the same settings."""
+    log = (q.cwd / f"daemon_{unique('log')}.txt").open("w")
+    proc = subprocess.Popen(
+        [str(DAEMON), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+        env={**os.environ, **q.env},
+        cwd=q.cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        instance = q.instance()
+        wait_for(
+            lambda: proc.poll() is not None or "BACKFILL" in instance.get_daemon_heartbeats(),
+            180,
+            "the daemon's first heartbeat",
+        )
+        assert proc.poll() is None, f"the daemon exited: {_text(log.name)}"
+        yield proc
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def _text(path: str) -> str:
+    return Path(path).read_text()[-4000:]
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to the daemon's session (its code server and run workers), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+    """Poll `condition` until it is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=10)
+        pytest.fail(f"`migrate --submit` did not end within {timeout:.0f}s:\n{output}")
+    return proc.returncode, output
+
+
+# ------------------------------------------------------------------ target connections
+
+
+@dataclass
+class ConnectionSampler:
+    """Every ~50 ms: migration connections open on the target database."""
+
+    conninfo: str
+    dbname: str
+    samples: list[int] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                        "AND application_name = %s",
+                        [self.dbname, MIGRATION_APP],
+                    ).fetchone()
+                    assert row is not None
+                    self.samples.append(int(row[0]))
+                    time.sleep(0.05)
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            self.errors.append(exc)
+
+
+# ------------------------------------------------------------------ what the instance says
+
+
+def statuses(instance: dg.DagsterInstance, plan: MigrationPlan) -> dict[str, dict[str, str]]:
+    """Dagster's own partition statuses per table (MISSING where it has none)."""
+    out: dict[str, dict[str, str]] = {}
+    for t in plan.tables:
+        keys = t.partition_keys
+        raw = instance.get_status_by_partition(
+            dg.AssetKey(t.asset_path), keys, dg.StaticPartitionsDefinition(keys)
+        )
+        out[t.qualified] = {k: str(getattr(s, "value", s)) for k, s in (raw or {}).items()}
+        for k in keys:
+            out[t.qualified].setdefault(k, "MISSING")
+    return out
+
+
+def status_rows(output: str, plan: MigrationPlan) -> dict[str, list[str]]:
+    """`migration-assets status`: per asset, materialized/failed/missing/in progress/total."""
+    rows = {}
+    for t in plan.tables:
+        asset = "/".join(t.asset_path)
+        line = next(x for x in output.splitlines() if re.search(rf"│ {re.escape(asset)} +│", x))
+        rows[t.qualified] = [c.strip() for c in line.strip("│ ").split("│")][1:]
+    return rows
+
+
+def launched_by_the_launcher(instance: dg.DagsterInstance) -> dict[str, int]:
+    """Run id -> pid of the process that executed it, for runs that were queued, launched by
+    the daemon and started in a run worker process; raises for any run that was not."""
+    pids = {}
+    for record in instance.get_run_records():
+        run_id = record.dagster_run.run_id
+        events = instance.all_logs(run_id)
+        types = [e.dagster_event.event_type for e in events if e.dagster_event is not None]
+        order = [
+            dg.DagsterEventType.RUN_ENQUEUED,  # the QueuedRunCoordinator took it
+            dg.DagsterEventType.RUN_STARTING,  # the daemon handed it to the run launcher
+            dg.DagsterEventType.RUN_START,
+            dg.DagsterEventType.RUN_SUCCESS,
+        ]
+        assert [t for t in types if t in order] == order, (run_id, types)
+        started = [
+            int(m.group(1))
+            for e in events
+            if (m := re.fullmatch(r"Started process for run \(pid: (\d+)\)\.", e.user_message))
+        ]
+        assert len(started) == 1, (run_id, [e.user_message for e in events])
+        pids[run_id] = started[0]
+    return pids
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_submit_with_a_daemon_and_the_queued_coordinator_ends_equal(
+    migration: MigrationFactory,
+    stack: DevStack,
+    isolated_cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limit = 2
+    q = queued_instance(migration, stack, isolated_cwd, monkeypatch, target_connections=limit)
+    plan = q.plan()
+    # slices of one table that take seconds, so runs overlap and the pool has to hold some back
+    alembic_upgrade(q.m.target_url, sslrootcert=str(q.m.ca_file), config_path=ALEMBIC_INI)
+    slow_down(q.m.target_url, SLOW_TABLE, 0.005)
+    assert stack.target is not None
+    with (
+        daemon(q),
+        ConnectionSampler(stack.target.admin_conninfo(q.target_db), q.target_db) as sampler,
+    ):
+        code, output = finish(q.submit(), timeout=420)
+    assert not sampler.errors, sampler.errors
+    assert code == 0, output
+    assert "submitted backfill" in output
+    assert "completed; every partition verified" in output
+    assert_equal_databases(q.m.source_url, q.m.target_url)
+
+    assert sampler.samples, "the sampler took no sample"
+    assert max(sampler.samples) >= 1, "the sampler saw no migration at work"
+    assert max(sampler.samples) <= limit, (
+        f"{max(sampler.samples)} migration connections on the target, limit {limit}"
+    )
+
+    instance = q.instance()
+    pool = instance.event_log_storage.get_concurrency_info(TARGET_POOL)
+    assert pool.slot_count == limit, f"the instance's pool allows {pool.slot_count}, not {limit}"
+    pids = launched_by_the_launcher(instance)
+    slice_runs = {
+        (r.dagster_run.tags.get(BACKFILL_PARTITION_TAG), r.dagster_run.asset_selection)
+        for r in instance.get_run_records()
+    }
+    assert len(pids) >= 3, pids  # the head, slices, the tail
+    assert len(slice_runs) == len(pids), "a run was launched twice"
+    assert len(set(pids.values())) == len(pids), "runs shared a process"
+    assert os.getpid() not in pids.values()
+
+    dagster_says = statuses(instance, plan)
+    code, output = run_cli(["status"])
+    assert code == 0, output
+    for table, row in status_rows(output, plan).items():
+        keys = dagster_says[table]
+        assert set(keys.values()) == {"MATERIALIZED"}, (table, keys)
+        assert row == [str(len(keys)), "0", "0", "0", str(len(keys))], (table, row)
+
+
+def test_submit_without_a_daemon_says_so_within_seconds(
+    migration: MigrationFactory,
+    stack: DevStack,
+    isolated_cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    q = queued_instance(migration, stack, isolated_cwd, monkeypatch, target_connections=2)
+    q.plan()
+    started = time.monotonic()
+    code, output = finish(q.submit(), timeout=60)
+    seconds = time.monotonic() - started
+    assert code == 2, output
+    assert seconds < 20, f"took {seconds:.0f}s to notice there is no daemon"
+    assert "`dagster-daemon run -w workspace.yaml`" in " ".join(output.split()), output
+    assert user_tables(q.m.target_url) == [], "the target was written without a daemon"
+    instance = q.instance()
+    assert instance.get_backfills() == [], "a backfill was submitted that nobody would run"
+    assert instance.get_run_records() == []
+
+
+def _client_pids(conninfo: str, backend_pid: int) -> list[int]:
+    """Local processes holding the TCP connection of the target backend `backend_pid`."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE pid = %s", [backend_pid]
+        ).fetchone()
+    assert row is not None, "the COPY's backend is gone"
+    assert row[0] is not None, "the COPY's backend has no TCP client"
+    port = f":{int(row[0]):04X}"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(port):
+                    inodes.add(f"socket:[{fields[9]}]")
+    owners = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        owners.add(int(proc.name))
+    return sorted(owners)
+
+
+def _failed_keys(instance: dg.DagsterInstance, plan: MigrationPlan) -> dict[str, list[str]]:
+    found = {
+        table: sorted(k for k, s in keys.items() if s == "FAILED")
+        for table, keys in statuses(instance, plan).items()
+    }
+    return {table: keys for table, keys in found.items() if keys}
+
+
+def test_a_run_killed_mid_slice_in_a_backfill_is_redone(
+    migration: MigrationFactory,
+    stack: DevStack,
+    isolated_cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    q = queued_instance(migration, stack, isolated_cwd, monkeypatch, target_connections=1)
+    plan = q.plan()
+    alembic_upgrade(q.m.target_url, sslrootcert=str(q.m.ca_file), config_path=ALEMBIC_INI)
+    slow_down(q.m.target_url, SLOW_TABLE, 0.05)  # a slice of ~800 rows: half a minute
+    assert stack.target is not None
+    admin = stack.target.admin_conninfo(q.target_db)
+    with daemon(q):
+        proc = q.submit()
+        try:
+            backend = wait_for_copy(stack.target.admin_conninfo(), q.target_db, timeout=240)
+            workers = _client_pids(admin, backend)
+            assert workers, "no local process holds the COPY's connection"
+            assert proc.pid not in workers, "the CLI itself copies: nothing was submitted"
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            speed_up(q.m.target_url, SLOW_TABLE)  # the slices still to come copy at speed
+            instance = q.instance()
+            failed = wait_for(
+                lambda: _failed_keys(instance, plan), 90, "the killed slice to show FAILED"
+            )
+            code, output = finish(proc, timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert list(failed) == [SLOW_TABLE], failed
+    assert len(failed[SLOW_TABLE]) == 1, failed
+    assert code == 1, output
+    assert "ended COMPLETED_FAILED" in output, output
+    assert _failed_keys(q.instance(), plan) == failed, "other slices failed too"
+
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    assert "migrate: 1 partition(s) copied" in output, output
+    assert_equal_databases(q.m.source_url, q.m.target_url)
