@@ -253,11 +253,16 @@ def launched_by_the_launcher(instance: dg.DagsterInstance) -> dict[str, int]:
         started = [
             int(m.group(1))
             for e in events
-            if (m := re.fullmatch(r"Started process for run \(pid: (\d+)\)\.", e.user_message))
+            if (m := re.fullmatch(r"Started process for run \(pid: (\d+)\)\.", _message(e)))
         ]
-        assert len(started) == 1, (run_id, [e.user_message for e in events])
+        assert len(started) == 1, (run_id, [_message(e) for e in events])
         pids[run_id] = started[0]
     return pids
+
+
+def _message(entry: Any) -> str:
+    event = entry.dagster_event
+    return str(event.message or "") if event is not None else str(entry.user_message)
 
 
 # ------------------------------------------------------------------ tests
@@ -387,8 +392,9 @@ def test_a_run_killed_mid_slice_in_a_backfill_is_redone(
         proc = q.submit()
         try:
             backend = wait_for_copy(stack.target.admin_conninfo(), q.target_db, timeout=240)
-            workers = _client_pids(admin, backend)
-            assert workers, "no local process holds the COPY's connection"
+            workers = wait_for(
+                lambda: _client_pids(admin, backend), 10, "the process holding the COPY", 0.05
+            )
             assert proc.pid not in workers, "the CLI itself copies: nothing was submitted"
             for pid in workers:
                 os.kill(pid, signal.SIGKILL)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from migration_assets.defs.keys import TARGET_POOL
+
 HEARTBEAT_TAG = "migration_assets/heartbeat"
 HEARTBEAT_SECONDS = 2.0
 LOST_AFTER_SECONDS = 15.0
@@ -93,6 +95,26 @@ def reap_lost_runs(
     return reaped
 
 
+def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Free the target pool's slots still held by runs that have ended; their ids.
+
+    A run worker killed under the default launcher is reported FAILED by its code server, not
+    by `reap_lost_runs`, and nobody frees its slots: with a pool of one, every later run of the
+    backfill would wait forever (run monitoring's `free_slots_after_run_end_seconds` does this
+    only where run monitoring is configured)."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    holders = storage.get_concurrency_info(TARGET_POOL).active_run_ids
+    freed = []
+    for run_id in sorted(holders):
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            storage.free_concurrency_slots_for_run(run_id)
+            freed.append(run_id)
+    return freed
+
+
 @dg.sensor(
     name="lost_migration_runs",
     minimum_interval_seconds=int(LOST_AFTER_SECONDS),
@@ -107,4 +129,7 @@ def lost_migration_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     reaped = reap_lost_runs(context.instance)
     if reaped:
         context.log.warning(f"failed {len(reaped)} run(s) whose worker died: {reaped}")
-    return dg.SkipReason(f"{len(reaped)} lost run(s) failed")
+    freed = free_slots_of_ended_runs(context.instance)
+    if freed:
+        context.log.warning(f"freed the target pool slots of {len(freed)} ended run(s): {freed}")
+    return dg.SkipReason(f"{len(reaped)} lost run(s) failed, {len(freed)} run(s)' slots freed")
