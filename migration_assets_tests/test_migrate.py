@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from migration_assets.db.dsn import parse_dsn
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import load_plan
 from migration_assets_tests.conftest import Databases, Migration, MigrationFactory
@@ -382,4 +384,43 @@ def test_a_replanned_table_needs_exactly_its_changed_slices(migration: Migration
     assert "2 partition(s) copied" in output, output
     assert f"{plan.total_partitions() - 2} already verified" in output, output
     assert _materialized(instance, plan) == plan.total_partitions()
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_migrate_never_holds_more_target_connections_than_the_setting(
+    migration: MigrationFactory, stack: DevStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MIGRATION_TARGET_CONNECTIONS=2 with 4 workers asked for: pg_stat_activity, sampled
+    all through a cold migrate (schema, slices, indexes, sequences, checks), never shows 3."""
+    monkeypatch.setenv("MIGRATION_TARGET_CONNECTIONS", "2")
+    m = migration()
+    _plan(m, "--rows-per-partition", "150", "--min-partitions", "4")
+    assert stack.target is not None
+    dbname = parse_dsn(m.target_url)["dbname"]
+    admin = stack.target.admin_conninfo(dbname)
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            while not done.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name = 'migration_assets'",
+                    [dbname],
+                ).fetchone()
+                samples.append(int(row[0]) if row else 0)
+                time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        code, output = run_cli(["migrate", "--workers", "4"])
+    finally:
+        done.set()
+        sampler.join(timeout=10)
+    assert code == 0, output
+    assert len(samples) > 50, "the sampler barely ran"
+    assert max(samples) <= 2, f"peak {max(samples)} connections, limit 2"
+    assert max(samples) == 2, "two workers never copied at once: the limit was not exercised"
     assert_equal_databases(m.source_url, m.target_url)
