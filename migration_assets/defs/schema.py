@@ -310,23 +310,24 @@ def build_schema_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
         if DATA_API_LOCKED_DOWN in selected:
             yield exposure
         if SCHEMA_MATCHES_SOURCE in selected:
-            yield dg.AssetCheckResult(
-                check_name=SCHEMA_MATCHES_SOURCE,
-                passed=not differences,
-                metadata={
-                    "differences": len(differences),
-                    "details": dg.MetadataValue.md(differences_md(differences)),
-                },
-            )
+            yield _differences_result(SCHEMA_MATCHES_SOURCE, differences)
         if PLAN_MATCHES_SOURCE in selected:
-            yield dg.AssetCheckResult(
-                check_name=PLAN_MATCHES_SOURCE,
-                passed=not drift,
-                metadata={
-                    "differences": len(drift),
-                    "details": dg.MetadataValue.md(differences_md(drift)),
-                    **({"fix": PLAN_FIX} if drift else {}),
-                },
-            )
+            yield _differences_result(PLAN_MATCHES_SOURCE, drift, fix=PLAN_FIX)
 
     return [schema_checks]
+
+
+def _differences_result(
+    name: str, differences: list[Difference], fix: str | None = None
+) -> dg.AssetCheckResult:
+    """Both schema checks report the same way: passed when nothing differs, else each
+    difference (names only, never values) and, when there is one, the fix."""
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=not differences,
+        metadata={
+            "differences": len(differences),
+            "details": dg.MetadataValue.md(differences_md(differences)),
+            **({"fix": fix} if differences and fix else {}),
+        },
+    )
