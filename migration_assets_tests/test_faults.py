@@ -141,7 +141,9 @@ def test_two_migrates_at_once_the_second_refuses(
     migration: MigrationFactory, stack: DevStack, isolated_cwd: Path
 ) -> None:
     m = migration()
-    _prepare(m, slow=0.001)
+    # Slices of ~16 s: the second command's check (a few seconds after its imports) lands
+    # while one of the first's runs is beating, on a busy machine too.
+    _prepare(m, slow=0.02)
     first, _ = _start_mid_copy(m, stack, isolated_cwd)
     second = _start(m, isolated_cwd)
     code, output = _output(second, timeout=60)
