@@ -20,6 +20,8 @@ from migration_assets.engine.local import ProgressFn, WorkerPool, run_inline
 from migration_assets.engine.session import Outcome, Session
 from migration_assets.engine.work import head_run, partition_statuses, slice_runs, tail_run
 
+RELOOK_SECONDS = 0.5  # longer than the pause between two runs of one migration
+
 
 @dataclass
 class MigrateReport:
@@ -65,14 +67,22 @@ class MigrateReport:
 
 def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) -> int:
     """Runs Dagster believes are running: a live one means another migration is at work
-    (refuse); a dead one (no heartbeat) is failed, so its slice is redone now."""
+    (refuse); a dead one (no heartbeat) is failed, so its slice is redone now.
+
+    Alive is any sign of life while we watch: a heartbeat that moves, a run that ends without
+    us failing it, or a new run. Between two short runs of another migration nothing may be in
+    flight, so an empty first look is repeated once before it counts."""
     deadline = time.monotonic() + wait
-    first = {f.run.run_id: f.last_beat for f in in_flight(session.instance)}
-    reaped = 0
+    first = _beats(session)
+    if not first:
+        time.sleep(RELOOK_SECONDS)
+        first = _beats(session)
+    reaped: set[str] = set()
     while first:
-        reaped += len(reap_lost_runs(session.instance))
-        still = {f.run.run_id: f.last_beat for f in in_flight(session.instance)}
-        alive = [run_id for run_id, beat in still.items() if beat != first.get(run_id, beat)]
+        reaped.update(reap_lost_runs(session.instance))
+        still = _beats(session)
+        alive = [r for r, beat in still.items() if beat != first.get(r)]
+        alive += [r for r in first if r not in still and r not in reaped]
         if alive:
             raise MigrationError(
                 f"another migration is running against this Dagster instance ({len(alive)} "
@@ -82,8 +92,11 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
         if not still or time.monotonic() > deadline:
             break
         time.sleep(1.0)
-        first = {k: v for k, v in first.items() if k in still}
-    return reaped
+    return len(reaped)
+
+
+def _beats(session: Session) -> dict[str, float | None]:
+    return {f.run.run_id: f.last_beat for f in in_flight(session.instance)}
 
 
 def migrate(
