@@ -225,3 +225,35 @@ def test_report_chain_detects_tampering(migration: MigrationFactory, isolated_cw
     assert run_cli(["report", "--check", str(out)])[0] == 0
     (out / "audit-0001.json").unlink()
     assert run_cli(["report", "--check", str(out)])[0] == 1
+
+
+def test_migrate_ends_with_the_audit_report_after_the_sequences_checks(
+    migration: MigrationFactory,
+) -> None:
+    """The report is the graph's last asset: `migrate` writes it as the UI's "Materialize
+    all" does, in the run with the sequences, after that run's own checks on them. Until the
+    whole-table checks run it says so, and only that; after `verify` it is complete."""
+    m = _migrated(migration)
+    report = json.loads((m.dagster_home / "audit" / "audit-0001.json").read_text())
+    problems = report["verdict"]["problems"]
+    assert report["verdict"]["complete"] is False
+    assert problems
+    whole_table = (TABLE_ROW_COUNT, TABLE_CHECKSUM, FOREIGN_KEYS_INTACT, RLS_ENABLED)
+    for problem in problems:  # the partition runs planned them and left them to `verify`
+        assert problem.endswith("not run since its asset last changed"), problem
+        assert any(f"check {name} " in problem for name in (*whole_table, NO_API_GRANTS))
+    sequences_run = report["statistics"]["run_id"]
+    assert sequences_run is not None
+    checks = {c["name"]: c for c in report["global_checks"]}
+    assert checks[SEQUENCES_AHEAD]["passed"] is True
+    assert checks[SEQUENCES_AHEAD]["run_id"] == sequences_run, "read before the check ran"
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    record = instance.get_latest_materialization_event(dg.AssetKey("migration_audit_report"))
+    assert record is not None
+    assert record.run_id == sequences_run
+    assert run_cli(["verify"])[0] == 0
+    code, output = run_cli(["report", "--out", str(m.dagster_home / "audit")])
+    assert code == 0, output
+    final = json.loads((m.dagster_home / "audit" / "audit-0002.json").read_text())
+    assert final["verdict"] == {"complete": True, "problems": []}
+    assert final["previous_digest"] == report["digest"]

@@ -79,7 +79,7 @@ def _submit(session: Session, args: argparse.Namespace) -> int:
     from migration_assets.db.errors import MigrationError
     from migration_assets.engine.migrate import settle_in_flight
     from migration_assets.engine.submit import daemon_problem, follow, submit, succeeded
-    from migration_assets.engine.work import partition_statuses, slice_runs
+    from migration_assets.engine.work import HEAD, TAIL, partition_statuses, slice_runs
 
     problem = daemon_problem(session.instance)
     if problem:
@@ -90,11 +90,11 @@ def _submit(session: Session, args: argparse.Namespace) -> int:
     backfill_id = submit(session, slices, force=args.force)
     out.print(
         f"submitted backfill {backfill_id}: {len(slices)} partition(s) with the schema, "
-        "indexes and sequences; the instance's run queue and launcher execute it. Following it "
-        "(Ctrl-C stops following, not the backfill)."
+        "indexes, sequences and audit report; the instance's run queue and launcher execute "
+        "it. Following it (Ctrl-C stops following, not the backfill)."
     )
     progress = MigrateProgress()
-    progress.start(len(slices) + 4, done)
+    progress.start(len(slices) + len(HEAD) + len(TAIL), done)
     try:
         final = follow(session, backfill_id, progress.backfill)
     except KeyboardInterrupt:

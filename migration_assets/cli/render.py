@@ -132,7 +132,22 @@ def print_migrate(report: MigrateReport) -> int:
         out.print(report.sequences_message, markup=False, soft_wrap=True)
         return EXIT_UNVERIFIED
     out.print("[green]every partition verified; indexes rebuilt; sequences set[/]")
+    print_audit(report.audit, report.audit_complete)
     return EXIT_OK
+
+
+def print_audit(path: str, complete: bool) -> None:
+    """Where the graph's last asset left the report; after a migration alone it is
+    incomplete until the whole-table checks have run."""
+    if complete:
+        out.print(f"  audit report: {path} (complete)", soft_wrap=True)
+        return
+    out.print(
+        f"  audit report: {path} (incomplete: its problems list says why). For the whole-table "
+        "checks run `migration-assets verify` (in the UI: Checks, Execute all), then "
+        "`migration-assets report`.",
+        soft_wrap=True,
+    )
 
 
 def print_status(plan: MigrationPlan, statuses: dict[str, dict[str, Status]]) -> int:

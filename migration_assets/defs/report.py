@@ -17,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext, DagsterInstance
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from migration_assets import __version__
 from migration_assets.defs.checks import check_names
@@ -65,6 +66,11 @@ def _check(instance: DagsterInstance, key: dg.AssetKey, name: str) -> dict[str, 
     record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, name))
     entry: dict[str, Any] = {"asset": key.to_user_string(), "name": name, "passed": None}
     if record is None or record.event is None or record.event.dagster_event is None:
+        return entry
+    if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+        # Planned in a later run that did not evaluate it (a partition run plans the
+        # whole-table checks and leaves them): its last verdict predates the last change.
+        entry.update(stale=True, run_id=record.run_id)
         return entry
     evaluation = record.event.dagster_event.event_specific_data
     entry.update(
@@ -130,7 +136,7 @@ def _problems(tables: list[dict[str, Any]], global_checks: list[dict[str, Any]])
 def _state(check: dict[str, Any]) -> str:
     """'never ran', or 'failed' with what the check itself said (the CLI shows the same)."""
     if check["passed"] is None:
-        return "never ran"
+        return "not run since its asset last changed" if check.get("stale") else "never ran"
     metadata = check.get("metadata", {})
     said = next((str(metadata[k]) for k in _WHY if metadata.get(k) not in (None, "", "none")), "")
     return f"failed: {said}" if said else "failed"
@@ -226,6 +232,10 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         deps=[SEQUENCES_KEY, SCHEMA_KEY],
         group_name="audit",
         kinds=KINDS,
+        # Last among ready steps: in a run that also holds supabase_sequences (a "Materialize
+        # all" backfill, migrate's tail), its checks must be recorded before the report reads
+        # them; the in-process executor runs ready steps by this priority.
+        op_tags={"dagster/priority": "-1"},
         owners=plan.owners,
         description=(
             "The audit report: every table's and partition's last verified counts and "

@@ -32,6 +32,8 @@ class MigrateReport:
     sequences_ok: bool = False
     sequences_message: str = ""
     indexes_rebuilt: int = 0
+    audit: str = ""  # the audit report the tail wrote
+    audit_complete: bool = False
     outcomes: list[Outcome] = field(default_factory=list)
     skipped_partitions: int = 0
     total_partitions: int = 0
@@ -143,5 +145,6 @@ def migrate(
                 tail = session.execute(tail_run())
                 report.sequences_ok, report.sequences_message = tail.ok, tail.message
                 report.indexes_rebuilt = tail.indexes_rebuilt
+                report.audit, report.audit_complete = tail.audit, tail.audit_complete
     report.seconds = time.perf_counter() - started
     return report

@@ -14,7 +14,7 @@ import dagster as dg
 
 from migration_assets.defs.build import build_definitions
 from migration_assets.defs.history import meta_text
-from migration_assets.defs.keys import REPORT_KEY
+from migration_assets.defs.keys import REPORT_COMPLETE, REPORT_KEY
 from migration_assets.engine.home import open_instance, prepare_dagster_home
 from migration_assets.engine.work import RunSpec
 from migration_assets.plan import MigrationPlan, TablePlan, load_plan
@@ -39,6 +39,8 @@ class Outcome:
     copied: bool = True  # False: the slice already equalled the source's, nothing moved
     indexes_rebuilt: int = 0
     crashed: bool = False  # a step raised (could not run), rather than a check failing
+    audit: str = ""  # the audit report this run wrote (its Markdown file), if any
+    audit_complete: bool = False
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Session:
         started = time.perf_counter()
         result = self.materialize(spec, run_config)
         failures = blocking_failures(result)
+        audit = _audit(result)
         return Outcome(
             spec=spec,
             ok=result.success and not failures,
@@ -99,6 +102,8 @@ class Session:
             copied=_copied(result),
             indexes_rebuilt=_count(result, "indexes_rebuilt"),
             crashed=not result.success and crashed(result),
+            audit=audit.get("markdown", ""),
+            audit_complete=audit.get("complete") == "True",
         )
 
     def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
@@ -124,11 +129,15 @@ class Session:
 
 
 def blocking_failures(result: dg.ExecuteInProcessResult) -> list[Any]:
-    """Check evaluations that failed with ERROR severity (WARN is advisory)."""
+    """Check evaluations that failed with ERROR severity (WARN is advisory). The audit
+    report's verdict is not one: it records the others (and whole-table checks not yet run),
+    it does not judge the run that wrote it."""
     return [
         e
         for e in result.get_asset_check_evaluations()
-        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+        if not e.passed
+        and e.severity == dg.AssetCheckSeverity.ERROR
+        and e.check_name != REPORT_COMPLETE
     ]
 
 
@@ -173,6 +182,15 @@ def _count(result: dg.ExecuteInProcessResult, key: str) -> int:
         int(meta_text(e.materialization.metadata, key, "0") or 0)
         for e in result.get_asset_materialization_events()
     )
+
+
+def _audit(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """Where the run's audit report went and its verdict, as the asset recorded them."""
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == REPORT_KEY:
+            meta = event.materialization.metadata
+            return {key: meta_text(meta, key) for key in ("markdown", "complete")}
+    return {}
 
 
 def _copied(result: dg.ExecuteInProcessResult) -> bool:

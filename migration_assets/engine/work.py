@@ -3,7 +3,8 @@
 head: the preflight and the schema (with its blocking checks), in one run;
 body: one run per table partition that is not verified (missing or failed; with `every`,
       all of them, each of which re-copies only if its slice differs);
-tail: the index rebuild and the sequences (with the readiness checks), in one run.
+tail: the index rebuild, the sequences (with the readiness checks) and the audit report, in
+      one run: the report is the graph's last asset, so every path ends with it.
 Partition keys carry each slice's fingerprint, so a re-planned slice is a new, missing key.
 """
 
@@ -14,11 +15,17 @@ from enum import StrEnum
 
 import dagster as dg
 
-from migration_assets.defs.keys import INDEXES_KEY, PREFLIGHT_KEY, SCHEMA_KEY, SEQUENCES_KEY
+from migration_assets.defs.keys import (
+    INDEXES_KEY,
+    PREFLIGHT_KEY,
+    REPORT_KEY,
+    SCHEMA_KEY,
+    SEQUENCES_KEY,
+)
 from migration_assets.plan import MigrationPlan, TablePlan
 
 HEAD = (PREFLIGHT_KEY, SCHEMA_KEY)
-TAIL = (INDEXES_KEY, SEQUENCES_KEY)
+TAIL = (INDEXES_KEY, SEQUENCES_KEY, REPORT_KEY)
 
 
 class Status(StrEnum):
@@ -103,4 +110,4 @@ def head_run() -> RunSpec:
 
 
 def tail_run() -> RunSpec:
-    return RunSpec(label="indexes and sequences", assets=TAIL)
+    return RunSpec(label="indexes, sequences and audit report", assets=TAIL)
