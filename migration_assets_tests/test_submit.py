@@ -26,7 +26,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from migration_assets.db.dsn import parse_dsn
+from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import TARGET_POOL
 from migration_assets.devstack.shape import dagster_yaml
@@ -342,6 +342,28 @@ def test_submit_without_a_daemon_says_so_within_seconds(
     instance = q.instance()
     assert instance.get_backfills() == [], "a backfill was submitted that nobody would run"
     assert instance.get_run_records() == []
+
+
+def test_submit_exits_2_like_migrate_when_the_schema_step_cannot_run(
+    migration: MigrationFactory,
+    stack: DevStack,
+    isolated_cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong target password fails the backfill's preflight run: bad input, exit 2 with
+    the reason, as `migrate` says it; nothing written, the password never printed."""
+    q = queued_instance(migration, stack, isolated_cwd, monkeypatch, target_connections=2)
+    q.plan()
+    params = parse_dsn(q.m.target_url)
+    params["password"] = "wrong-password"
+    q.env["SUPABASE_DB_URL"] = display_url(params, mask=False)
+    with daemon(q):
+        code, output = finish(q.submit(), timeout=300)
+    assert code == 2, output
+    assert "preflight or schema step failed" in output, output
+    assert "password (or user) was rejected" in " ".join(output.split()), output
+    assert "wrong-password" not in output
+    assert user_tables(q.m.target_url) == [], "the target was written"
 
 
 def _client_pids(conninfo: str, backend_pid: int) -> list[int]:

@@ -7,9 +7,11 @@ import shutil
 from typing import TYPE_CHECKING
 
 from migration_assets.cli.render import (
+    EXIT_CONFIG,
     EXIT_OK,
     EXIT_UNVERIFIED,
     MigrateProgress,
+    err,
     out,
     print_checks,
     print_migrate,
@@ -78,7 +80,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _submit(session: Session, args: argparse.Namespace) -> int:
     from migration_assets.db.errors import MigrationError
     from migration_assets.engine.migrate import settle_in_flight
-    from migration_assets.engine.submit import daemon_problem, follow, submit, succeeded
+    from migration_assets.engine.submit import (
+        daemon_problem,
+        follow,
+        head_failure,
+        submit,
+        succeeded,
+    )
     from migration_assets.engine.work import HEAD, TAIL, partition_statuses, slice_runs
 
     problem = daemon_problem(session.instance)
@@ -107,6 +115,11 @@ def _submit(session: Session, args: argparse.Namespace) -> int:
     progress.stop()
     statuses = partition_statuses(session.instance, session.plan)
     code = print_status(session.plan, statuses)
+    problem = "" if succeeded(final) else head_failure(session.instance, backfill_id)
+    if problem:
+        err.print("[bold red]preflight or schema step failed; no data was copied.[/]")
+        err.print(problem, markup=False, soft_wrap=True)
+        return EXIT_CONFIG
     if not succeeded(final):
         out.print(
             f"[red]backfill {backfill_id} ended {final.status}[/]: {final.failed} failed; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,13 @@ def blocking_failures(result: dg.ExecuteInProcessResult) -> list[Any]:
 
 
 def crashed(result: dg.ExecuteInProcessResult) -> bool:
+    return raised(result.all_events)
+
+
+def raised(events: Iterable[dg.DagsterEvent]) -> bool:
     """A step failed for a reason other than a blocking check that failed: a failed check is
     a result (shown with its details), not a check that could not run."""
-    for event in result.all_events:
+    for event in events:
         if event.is_step_failure and event.step_failure_data is not None:
             error = event.step_failure_data.error
             if error is None or error.cls_name != "DagsterAssetCheckFailedError":
@@ -153,8 +158,12 @@ def crashed(result: dg.ExecuteInProcessResult) -> bool:
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    return failure_text(result.all_events)
+
+
+def failure_text(events: Iterable[dg.DagsterEvent]) -> str:
     """The first failed step's own description (already free of row values)."""
-    for event in result.all_events:
+    for event in events:
         if event.is_step_failure and event.step_failure_data is not None:
             data = event.step_failure_data
             if data.user_failure_data is not None and data.user_failure_data.description:

@@ -24,7 +24,7 @@ from dagster._core.utils import make_new_backfill_id
 
 from migration_assets.db.errors import MigrationError
 from migration_assets.engine.home import apply_pool_limit
-from migration_assets.engine.session import TAG_LAUNCHED_BY, Session
+from migration_assets.engine.session import TAG_LAUNCHED_BY, Session, failure_text, raised
 from migration_assets.engine.work import HEAD, TAIL, RunSpec
 
 DAEMON_FRESH_SECONDS = 60.0
@@ -116,6 +116,24 @@ def _progress(session: Session, backfill: PartitionBackfill) -> Progress:
         materialized = data.materialized_subset.num_partitions_and_non_partitioned_assets
         failed = data.failed_and_downstream_subset.num_partitions_and_non_partitioned_assets
     return Progress(backfill.status.value, materialized, failed, len(records))
+
+
+def head_failure(instance: dg.DagsterInstance, backfill_id: str) -> str:
+    """Why the preflight or schema step of the backfill could not run (bad input: a
+    password, TLS, a privilege), or '' if it ran: `migrate` exits 2 for that, so `--submit`
+    does too."""
+    runs = instance.get_run_records(filters=dg.RunsFilter(tags={BACKFILL_TAG: backfill_id}))
+    for record in runs:
+        run = record.dagster_run
+        if run.status != dg.DagsterRunStatus.FAILURE or not set(run.asset_selection or ()) & set(
+            HEAD
+        ):
+            continue
+        logs = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        events = [e.dagster_event for e in logs if e.dagster_event is not None]
+        if raised(events):
+            return failure_text(events)
+    return ""
 
 
 def succeeded(progress: Progress) -> bool:
