@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from migration_assets.db.catalog import Catalog, TableInfo, read_catalog
 from migration_assets.db.dsn import mask_dsn
-from migration_assets.db.session import Connection
+from migration_assets.db.session import Connection, connect
 from migration_assets.db.slices import Strategy, compute_bounds, range_cast_type
 from migration_assets.plan import (
     DEFAULT_MIN_PARTITIONS,
@@ -28,6 +29,7 @@ from migration_assets.plan import (
     SequencePlan,
     SlicingPlan,
     TablePlan,
+    save_plan,
 )
 
 
@@ -39,6 +41,33 @@ def partitions_for(
         return 1
     wanted = max(min_partitions, math.ceil(rows / rows_per_partition))
     return min(MAX_PARTITIONS, wanted)
+
+
+def write_plan(
+    source_dsn: str,
+    out: Path,
+    *,
+    rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
+    min_partitions: int = DEFAULT_MIN_PARTITIONS,
+    split_above: int = MIN_ROWS_TO_SPLIT,
+    schemas: list[str] | None = None,
+    app_queries: list[AppQuery] | None = None,
+) -> MigrationPlan:
+    """Reflect the source over its own connection and save the plan: `plan`, `ui --demo` and
+    `demo` write theirs the same way."""
+    with connect(source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+        plan = build_plan(
+            conn,
+            source_dsn=source_dsn,
+            rows_per_partition=rows_per_partition,
+            min_partitions=min_partitions,
+            split_above=split_above,
+            schemas=schemas,
+        )
+    if app_queries:
+        plan = plan.model_copy(update={"app_queries": app_queries})
+    save_plan(plan, out)
+    return plan
 
 
 def build_plan(

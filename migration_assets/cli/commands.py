@@ -33,22 +33,18 @@ def open_session(args: argparse.Namespace) -> Session:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from migration_assets.db.session import connect
-    from migration_assets.plan import save_plan
-    from migration_assets.planner import build_plan
+    from migration_assets.planner import write_plan
 
     settings = load_settings(args.env_file)
     settings.export_environment()  # connect() reads the timeouts from there, .env's included
-    with connect(settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
-        plan = build_plan(
-            conn,
-            source_dsn=settings.source_dsn,
-            rows_per_partition=args.rows_per_partition,
-            min_partitions=args.min_partitions,
-            split_above=args.split_above,
-            schemas=args.schemas,
-        )
-    save_plan(plan, args.out)
+    plan = write_plan(
+        settings.source_dsn,
+        args.out,
+        rows_per_partition=args.rows_per_partition,
+        min_partitions=args.min_partitions,
+        split_above=args.split_above,
+        schemas=args.schemas,
+    )
     print_plan(plan)
     out.print(
         f"plan written to {args.out}: review it, then `migration-assets migrate --plan {args.out}`"

@@ -20,12 +20,12 @@ from rich.table import Table
 
 from migration_assets.cli.render import MigrateProgress, print_checks, print_migrate
 from migration_assets.db.schema import alembic_upgrade
-from migration_assets.db.session import Connection, connect
+from migration_assets.db.session import connect
 from migration_assets.defs.history import meta_text
 from migration_assets.devstack.seed import seed as seed_database
 from migration_assets.devstack.stack import DevStack
-from migration_assets.plan import AppQuery, MigrationPlan, save_plan
-from migration_assets.planner import build_plan
+from migration_assets.plan import AppQuery
+from migration_assets.planner import write_plan
 from migration_assets.settings import load_settings
 
 if TYPE_CHECKING:
@@ -51,11 +51,6 @@ CLINIC_QUERIES = [
         sample_sql="SELECT id FROM public.patients LIMIT 50",
     ),
 ]
-
-
-def clinic_plan(conn: Connection, source_dsn: str) -> MigrationPlan:
-    plan = build_plan(conn, source_dsn=source_dsn)
-    return plan.model_copy(update={"app_queries": CLINIC_QUERIES})
 
 
 @contextmanager
@@ -96,11 +91,8 @@ def run_demo(
             counts = prepare_source(stack, patients=patients, seed=seed)
         console.print(f"  {sum(counts.values()):,} rows in {len(counts)} tables")
         plan_path = stack.home / "plan.json"
-        with (
-            _phase(timings, "plan", console),
-            connect(stack.source_url, setting="SOURCE_DATABASE_URL") as conn,
-        ):
-            save_plan(clinic_plan(conn, stack.source_url), plan_path)
+        with _phase(timings, "plan", console):
+            write_plan(stack.source_url, plan_path, app_queries=CLINIC_QUERIES)
         os.environ.update(stack.env())
         os.environ["MIGRATION_PLAN"] = str(plan_path)
         session = Session.open(load_settings(env_file=None), plan_path)

@@ -151,11 +151,9 @@ def prepare_configured(settings: Settings) -> Launch:
 def prepare_demo(options: DemoOptions, limit: int, console: Console, cleanup: ExitStack) -> Launch:
     """Start, seed and plan a throwaway stack; `cleanup` stops it whatever happens next."""
     from migration_assets.cli.demo import prepare_source
-    from migration_assets.db.session import connect
     from migration_assets.devstack.stack import DevStack
     from migration_assets.engine.session import Session
-    from migration_assets.plan import save_plan
-    from migration_assets.planner import build_plan
+    from migration_assets.planner import write_plan
 
     stack = DevStack(target_connections=limit)
     cleanup.callback(stack.stop)
@@ -163,15 +161,13 @@ def prepare_demo(options: DemoOptions, limit: int, console: Console, cleanup: Ex
     stack.start()
     prepare_source(stack, patients=options.patients, seed=options.seed)
     plan_path = stack.home / "plan.json"
-    with connect(stack.source_url, setting="SOURCE_DATABASE_URL") as conn:
-        plan = build_plan(
-            conn,
-            source_dsn=stack.source_url,
-            rows_per_partition=options.rows_per_partition,
-            min_partitions=options.min_partitions,
-            split_above=options.split_above,
-        )
-    save_plan(plan, plan_path)
+    plan = write_plan(
+        stack.source_url,
+        plan_path,
+        rows_per_partition=options.rows_per_partition,
+        min_partitions=options.min_partitions,
+        split_above=options.split_above,
+    )
     os.environ.update(stack.env())
     os.environ["MIGRATION_PLAN"] = str(plan_path)
     Session.open(load_settings(env_file=None), plan_path).instance.dispose()
