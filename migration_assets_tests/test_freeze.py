@@ -208,3 +208,31 @@ def test_unfreeze_from_a_new_process_after_the_freezer_died(stack: DevStack, sou
         assert not is_frozen(owner)
         assert _setting_rows(owner) == []
     assert _can_write(source) is None
+
+
+def test_freeze_refuses_what_it_could_not_trust_or_undo(
+    source: str, admin: psycopg.Connection[Any]
+) -> None:
+    database = sql.Identifier(str(parse_dsn(source)["dbname"]))
+    admin.execute(
+        sql.SQL("ALTER ROLE {} IN DATABASE {} SET default_transaction_read_only = off").format(
+            sql.Identifier(SOURCE_ROLE), database
+        )
+    )
+    try:
+        with pytest.raises(MigrationError, match=f"roles {SOURCE_ROLE} set .* overrides"):
+            freeze(admin, wait_seconds=5)
+        assert not is_frozen(admin)
+        assert _setting_rows(admin) == []
+    finally:
+        admin.execute(
+            sql.SQL("ALTER ROLE {} IN DATABASE {} RESET default_transaction_read_only").format(
+                sql.Identifier(SOURCE_ROLE), database
+            )
+        )
+    admin.execute(
+        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(database)
+    )
+    with pytest.raises(MigrationError, match="already read-only"):
+        freeze(admin, wait_seconds=5)  # recording 'on' as the prior would make rollback a no-op
+    assert _setting_rows(admin) == ["default_transaction_read_only=on"]
