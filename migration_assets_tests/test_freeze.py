@@ -135,30 +135,36 @@ def _as_role(admin: psycopg.Connection[Any], role: str) -> str | None:
 
 
 def test_freeze_problem_names_the_grants_a_role_lacks(
-    source: str, admin: psycopg.Connection[Any]
+    stack: DevStack, source: str, admin: psycopg.Connection[Any]
 ) -> None:
     role = unique("Mig")  # mixed case: the SQL must quote it
     quoted = '"' + role + '"'
     database = str(parse_dsn(source)["dbname"])  # lower case: quote_ident leaves it bare
     admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
-        problem = _as_role(admin, role)
-        assert problem is not None
-        assert f"GRANT pg_signal_backend TO {quoted};" in problem
-        assert f"ALTER DATABASE {database} OWNER TO {quoted};" in problem
+        # another role's session is open (a superuser's): ending it needs pg_signal_backend
+        with _admin(stack, source):
+            problem = _as_role(admin, role)
+            assert problem is not None
+            assert f"GRANT pg_signal_backend TO {quoted};" in problem
+            assert f"ALTER DATABASE {database} OWNER TO {quoted};" in problem
 
-        admin.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(role)))
-        problem = _as_role(admin, role)
-        assert problem is not None
-        assert "GRANT pg_signal_backend" not in problem
-        assert f"ALTER DATABASE {database} OWNER TO {quoted};" in problem
+            admin.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(role)))
+            problem = _as_role(admin, role)
+            assert problem is not None
+            assert "GRANT pg_signal_backend" not in problem
+            assert f"ALTER DATABASE {database} OWNER TO {quoted};" in problem
 
-        admin.execute(sql.SQL("GRANT {} TO {}").format(*map(sql.Identifier, (SOURCE_ROLE, role))))
-        assert _as_role(admin, role) is None  # the owner's privileges are enough
-        owner_problem = _as_role(admin, SOURCE_ROLE)
-        assert owner_problem is not None
-        assert f"GRANT pg_signal_backend TO {SOURCE_ROLE};" in owner_problem
-        assert freeze_problem(admin) is None  # superuser
+            admin.execute(
+                sql.SQL("GRANT {} TO {}").format(*map(sql.Identifier, (SOURCE_ROLE, role)))
+            )
+            assert _as_role(admin, role) is None  # the owner's privileges are enough
+            owner_problem = _as_role(admin, SOURCE_ROLE)
+            assert owner_problem is not None
+            assert f"GRANT pg_signal_backend TO {SOURCE_ROLE};" in owner_problem
+            assert freeze_problem(admin) is None  # superuser
+        # only its own role's sessions open: the owner ends those itself, nothing to grant
+        assert _as_role(admin, SOURCE_ROLE) is None
     finally:
         admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 

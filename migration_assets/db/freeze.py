@@ -73,20 +73,27 @@ def freeze_problem(conn: Connection) -> str | None:
     """What freezing needs and this role lacks, with the SQL that grants it; None if nothing.
 
     Freezing ALTERs the database (its owner, a role with the owner's privileges, or a
-    superuser may) and terminates other roles' sessions (pg_signal_backend or superuser).
-    Asked before anything changes, so a cutover can refuse with the fix instead of failing
-    half way.
+    superuser may) and terminates the sessions open on it: those of roles this one is a
+    member of it may end itself; other roles' need pg_signal_backend (or superuser), asked
+    for only when such sessions are there. Asked before anything changes, so a cutover can
+    refuse with the fix instead of failing half way (a session of another role that opens
+    after this question makes the freeze itself refuse and undo).
     """
     with _transaction(conn):
         row = conn.execute(
             "SELECT current_user, current_database(), r.rolsuper,"
             " pg_has_role(current_user, d.datdba, 'USAGE'), d.datdba::regrole::text,"
-            " pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
+            " pg_has_role(current_user, 'pg_signal_backend', 'USAGE'),"
+            " (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()"
+            "  AND a.pid <> pg_backend_pid() AND a.usesysid IS NOT NULL"
+            "  AND coalesce(a.backend_type, 'client backend') = 'client backend'"
+            "  AND NOT pg_has_role(current_user, a.usesysid, 'MEMBER'))"
             " FROM pg_database d, pg_roles r"
             " WHERE d.datname = current_database() AND r.rolname = current_user"
         ).fetchone()
     assert row is not None
-    user, database, superuser, owns, owner, signals = row
+    user, database, superuser, owns, owner, signals, foreign = row
+    signals = signals or not foreign
     if superuser or (owns and signals):
         return None
     role, db = _name(conn, str(user)), _name(conn, str(database))
@@ -111,16 +118,14 @@ def freeze_problem(conn: Connection) -> str | None:
 class WritePosition:
     """Evidence of write activity: equal positions mean no write happened in between.
 
-    - `next_xid`: every write takes a transaction id, and the snapshot's xmax moves as soon
-      as a transaction that had one ends. It is immediate, but cluster-wide: writes to other
-      databases of the server and autovacuum's ANALYZE move it too (a false alarm, never a
-      missed write).
-    - `write_tuples`: tup_inserted + tup_updated + tup_deleted of this database in
-      pg_stat_database. Per database, but backends report it lazily (PG15+: on transaction
-      end at most once a second, an idle one within seconds, and at session end).
-      xact_commit is useless here: our own reads commit too.
-    - `wal_lsn`: information only; checkpoints and other databases move it without a write
-      here.
+    - `write_tuples`: rows inserted, updated and deleted in this database's user tables
+      (pg_stat_user_tables). Per database and blind to catalog churn, so autovacuum's ANALYZE
+      (which a busy app triggers, during the window too) does not move it. Backends report
+      lazily (PG15+: at transaction end at most once a second, an idle one within seconds,
+      and at session end); the freeze ends the app's sessions, which flushes theirs.
+    - `next_xid`: information. Every write takes a transaction id, but it is cluster-wide:
+      other databases and ANALYZE move it too, so equality of it would refuse quiet sources.
+    - `wal_lsn`: information only; checkpoints and other databases move it.
     """
 
     next_xid: int
@@ -129,7 +134,7 @@ class WritePosition:
 
     def same_writes(self, other: WritePosition) -> bool:
         """No write between the two positions, by the counters that prove it."""
-        return self.next_xid == other.next_xid and self.write_tuples == other.write_tuples
+        return self.write_tuples == other.write_tuples
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,8 +155,8 @@ def write_position(conn: Connection) -> WritePosition:
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(
             sql.SQL(
-                "SELECT {}, (SELECT tup_inserted + tup_updated + tup_deleted"
-                " FROM pg_stat_database WHERE datname = current_database()),"
+                "SELECT {}, (SELECT sum(n_tup_ins + n_tup_upd + n_tup_del)"
+                " FROM pg_stat_user_tables),"
                 " pg_current_wal_lsn()::text"
             ).format(sql.SQL(snapshot))
         ).fetchone()
@@ -165,8 +170,8 @@ def quiescent(
     """Whether no write happened since `since`, and the position now.
 
     A position equal to `since` is read again after `settle_seconds`, because write counts
-    reach pg_stat_database late: a write committed just before the first read may show only
-    in the second. The transaction id is immediate, so a False is never late.
+    reach pg_stat_user_tables late: a write committed just before the first read may show
+    only in the second.
     """
     now = write_position(conn)
     if not now.same_writes(since):
