@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -88,3 +89,32 @@ def cli_process(args: Sequence[str], env: dict[str, str], cwd: Path) -> subproce
         text=True,
         start_new_session=True,
     )
+
+
+def readme_engine_queries(url: str, ca_file: str, count: int = 30) -> list[int]:
+    """The README's app engine snippet, executed as documented, running `count` queries
+    through `url` (enough to cross psycopg's default prepare threshold)."""
+    import asyncio
+    import re
+
+    from sqlalchemy import text
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(from sqlalchemy.ext.asyncio.*?)```", readme, re.S)
+    assert block, "the README must keep its app engine snippet"
+    namespace: dict[str, Any] = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own doc
+
+    async def run() -> list[int]:
+        engine = namespace["make_app_engine"](url, ca_file)
+        results = []
+        try:
+            for i in range(count):
+                async with engine.connect() as conn:
+                    value = await conn.execute(text("SELECT CAST(:i AS int) + 1"), {"i": i})
+                    results.append(int(value.scalar_one()))
+        finally:
+            await engine.dispose()
+        return results
+
+    return asyncio.run(run())

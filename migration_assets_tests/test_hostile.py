@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import re
-from pathlib import Path
-
 import psycopg
 import pytest
 
 from migration_assets.plan import load_plan
 from migration_assets_tests.conftest import Databases, MigrationFactory
-from migration_assets_tests.helpers import assert_equal_databases, run_cli
+from migration_assets_tests.helpers import assert_equal_databases, readme_engine_queries, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -128,28 +124,8 @@ def test_the_readme_app_engine_works_through_the_pooler(
 
     assert isinstance(stack, DevStack)
     assert stack.pooler_url, "pgbouncer must be installed (apt-get install pgbouncer)"
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"```python\n(from sqlalchemy.ext.asyncio.*?)```", readme, re.S)
-    assert block, "the README must keep its app engine snippet"
-    namespace: dict[str, object] = {}
-    exec(compile(block.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own doc
     params = parse_dsn(stack.pooler_url)
     for key in ("sslmode", "sslrootcert"):
         params.pop(key)
     url = display_url(params, mask=False).replace("postgresql://", "postgresql+psycopg://")
-
-    async def run() -> list[int]:
-        from sqlalchemy import text
-
-        engine = namespace["make_app_engine"](url, str(stack.ca_file))  # type: ignore[operator]
-        results = []
-        try:
-            for i in range(30):  # enough to cross psycopg's default prepare threshold
-                async with engine.connect() as conn:
-                    value = await conn.execute(text("SELECT CAST(:i AS int) + 1"), {"i": i})
-                    results.append(int(value.scalar_one()))
-        finally:
-            await engine.dispose()
-        return results
-
-    assert asyncio.run(run()) == [i + 1 for i in range(30)]
+    assert readme_engine_queries(url, str(stack.ca_file)) == [i + 1 for i in range(30)]
