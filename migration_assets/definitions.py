@@ -16,6 +16,11 @@ from pathlib import Path
 import dagster as dg
 
 from migration_assets.defs.build import build_definitions
+from migration_assets.engine.cutover import (
+    CUTOVER_ASSET,
+    migration_cutover,
+    migration_cutover_rollback,
+)
 from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets.settings import load_settings
 
@@ -27,6 +32,10 @@ SHIPPED_NOTE = (
 )
 
 log = logging.getLogger(__name__)
+# Jobs beside the asset graph: "Materialize all" must never freeze a production database.
+CUTOVER = dg.Definitions(
+    assets=[CUTOVER_ASSET], jobs=[migration_cutover, migration_cutover_rollback]
+)
 
 
 def _plan() -> tuple[MigrationPlan, bool]:
@@ -50,7 +59,7 @@ def build() -> dg.Definitions:
     settings = load_settings()  # the environment, or .env in the working directory
     settings.export_environment()  # where run workers' EnvVars and database code read them
     plan, shipped = _plan()
-    definitions = build_definitions(plan, settings)
+    definitions = dg.Definitions.merge(build_definitions(plan, settings), CUTOVER)
     return definitions.map_asset_specs(func=_mark_shipped) if shipped else definitions
 
 

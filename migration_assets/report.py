@@ -146,6 +146,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_mark(check['passed'], check.get('severity', 'ERROR'))} "
             f"({check.get('at') or 'never'}, run {check.get('run_id') or '-'})"
         )
+    cutover = report.get("cutover")
+    if cutover:
+        lines += ["", f"## Cutover: {cutover.get('state')}", ""]
+        lines += [f"- {k}: {v}" for k, v in cutover.items() if k != "state"]
     lines += ["", "## Configuration (secrets masked)", ""]
     lines += [f"- {k}: {v or '(unset)'}" for k, v in sorted(report["configuration"].items())]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "planner": {"db", "plan"},
     "report": set(),
     "defs": {"db", "plan", "settings", "report", "version"},
-    "definitions": {"defs", "plan", "settings", "db"},
+    "definitions": {"defs", "engine", "plan", "settings", "db"},
     "engine": {"defs", "db", "plan", "settings"},
     "devstack": {"db"},
     "cli": {

@@ -1,4 +1,4 @@
-"""`migration-assets`: demo, plan, migrate, status, verify, report, locate, ui, stack.
+"""`migration-assets`: demo, plan, migrate, cutover, status, verify, report, locate, ui, stack.
 
 Exit codes: 0 everything verified; 1 something did not verify (details printed);
 2 configuration or connection problem (the message names the fix).
@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 
 from migration_assets.cli import commands
+from migration_assets.cli.cutover import cmd_cutover
 from migration_assets.cli.locate import cmd_locate
 from migration_assets.cli.parser import build_parser
 from migration_assets.cli.render import EXIT_CONFIG, err
@@ -26,6 +27,7 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "stack": commands.cmd_stack,
     "plan": commands.cmd_plan,
     "migrate": commands.cmd_migrate,
+    "cutover": cmd_cutover,
     "status": commands.cmd_status,
     "verify": commands.cmd_verify,
     "report": commands.cmd_report,

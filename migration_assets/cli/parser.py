@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("dir", type=Path, help="the stack's directory (printed by demo --keep)")
     _plan(sub)
     _migrate(sub)
+    _cutover(sub)
     status = sub.add_parser("status", help="partitions materialized / failed / missing")
     _plan_option(status)
     verify = sub.add_parser("verify", help="run every check; exit 1 if an ERROR check fails")
@@ -115,6 +116,27 @@ def _migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="submit as a backfill to the instance in DAGSTER_HOME (its daemon, run queue "
         "and launcher execute it) and follow it",
     )
+
+
+def _cutover(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cutover = sub.add_parser(
+        "cutover",
+        help="freeze the source, re-copy what changed, prove it, write the app's settings",
+    )
+    _plan_option(cutover)
+    cutover.add_argument(
+        "--app-env", type=Path, help="write the application's new settings here (0600)"
+    )
+    cutover.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="the application is stopped already: only prove the source is quiet",
+    )
+    cutover.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    cutover.add_argument(
+        "--rollback", action="store_true", help="unfreeze the source (the target stays)"
+    )
+    cutover.add_argument("--workers", type=int, default=2)
 
 
 def _plan_option(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ SCHEMA_KEY = dg.AssetKey("supabase_schema")
 INDEXES_KEY = dg.AssetKey("supabase_indexes")
 SEQUENCES_KEY = dg.AssetKey("supabase_sequences")
 REPORT_KEY = dg.AssetKey("migration_audit_report")
+CUTOVER_KEY = dg.AssetKey("migration_cutover")  # recorded by the cutover jobs only
 
 KINDS = {"postgres", "supabase"}
 # Every step that opens a connection to the target holds one slot of this pool while it

@@ -23,6 +23,7 @@ from migration_assets import __version__
 from migration_assets.defs.checks import check_names
 from migration_assets.defs.history import latest_materializations, plain
 from migration_assets.defs.keys import (
+    CUTOVER_KEY,
     DATA_API_LOCKED_DOWN,
     INDEXES_KEY,
     INDEXES_MATCH_SOURCE,
@@ -115,7 +116,17 @@ def _table_entry(
     }
 
 
-def _problems(tables: list[dict[str, Any]], global_checks: list[dict[str, Any]]) -> list[str]:
+def unverified(report: dict[str, Any], *, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """The report's problems, leaving out the checks named in `ignore` (the cutover re-runs
+    the whole-table comparisons after the freeze, which a live application fails before)."""
+    return _problems(report["tables"], report["global_checks"], ignore)
+
+
+def _problems(
+    tables: list[dict[str, Any]],
+    global_checks: list[dict[str, Any]],
+    ignore: frozenset[str] = frozenset(),
+) -> list[str]:
     problems = []
     for table in tables:
         parts = table["partitions"]
@@ -125,7 +136,7 @@ def _problems(tables: list[dict[str, Any]], global_checks: list[dict[str, Any]])
                 f"{parts['total']} partitions not verified"
             )
         for check in table["checks"]:
-            if check["passed"] is not True:
+            if check["passed"] is not True and check["name"] not in ignore:
                 problems.append(f"{table['table']}: check {check['name']} {_state(check)}")
     for check in global_checks:
         if check["passed"] is not True and check.get("severity", "ERROR") == "ERROR":
@@ -150,6 +161,17 @@ def _configuration() -> dict[str, str]:
         return load_settings().describe()
     except SettingsError as exc:
         return {"error": str(exc).splitlines()[0]}
+
+
+def _cutover(instance: DagsterInstance) -> dict[str, Any] | None:
+    """The last cutover or rollback the cutover jobs recorded (freeze, window, positions)."""
+    event = instance.get_latest_materialization_event(CUTOVER_KEY)
+    if event is None or event.asset_materialization is None:
+        return None
+    meta = event.asset_materialization.metadata
+    return {"at": _when(event.timestamp), "run_id": event.run_id} | {
+        k: plain(v) for k, v in meta.items()
+    }
 
 
 def _latest_metadata(instance: DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
@@ -213,6 +235,7 @@ def collect_report(
         },
         "tables": tables,
         "global_checks": global_checks,
+        "cutover": _cutover(instance),
         "verdict": {"complete": not problems, "problems": problems},
     }
 

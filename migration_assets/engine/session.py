@@ -53,14 +53,17 @@ class Session:
     instance: dg.DagsterInstance
 
     @classmethod
-    def open(cls, settings: Settings, plan_path: Path) -> Session:
+    def open(
+        cls, settings: Settings, plan_path: Path, instance: dg.DagsterInstance | None = None
+    ) -> Session:
         settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
         settings.export_environment()
         os.environ["MIGRATION_PLAN"] = str(plan_path.resolve())
         assert settings.dagster_home is not None
         prepare_dagster_home(settings.dagster_home)
         plan = load_plan(plan_path)
-        return cls(settings, plan_path, plan, build_definitions(plan, settings), open_instance())
+        defs = build_definitions(plan, settings)
+        return cls(settings, plan_path, plan, defs, instance or open_instance())
 
     @property
     def job(self) -> dg.JobDefinition:

@@ -1,0 +1,155 @@
+"""Cutover against real servers, with an application stand-in writing to the source."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from migration_assets.db.freeze import is_frozen
+from migration_assets_tests.conftest import Migration, MigrationFactory
+from migration_assets_tests.helpers import (
+    assert_equal_databases,
+    cli_process,
+    readme_engine_queries,
+    run_cli,
+)
+from migration_assets_tests.standin import StandIn, assert_journal_on
+
+pytestmark = pytest.mark.integration
+
+PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
+
+
+def _source_frozen(m: Migration) -> bool:
+    with psycopg.connect(m.source_url) as conn:
+        return is_frozen(conn)
+
+
+def _last_report(m: Migration) -> dict[str, Any]:
+    reports = sorted((m.dagster_home / "audit").glob("audit-*.json"))
+    assert reports, "no audit report was written"
+    report: dict[str, Any] = json.loads(reports[-1].read_text())
+    return report
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    lines = [x for x in path.read_text().splitlines() if x and not x.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_cutover_with_the_app_writing_loses_no_acknowledged_write(
+    migration: MigrationFactory, isolated_cwd: Path
+) -> None:
+    app_env = isolated_cwd / "app.env"
+    m = migration()
+    with StandIn(m.source_url) as app:
+        app.wait_until(lambda: len(app.acks()) >= 20, 60, "the app's first writes")
+        _plan_and_migrate(m)
+        code, output = run_cli(["cutover", "--yes", "--app-env", str(app_env)])
+        assert code == 0, output
+        acked_at_cutover = len(app.acks())
+        refused = app.refused
+        app.wait_until(lambda: app.refused >= refused + 10, 60, "writes refused after cutover")
+        assert len(app.acks()) == acked_at_cutover, "the frozen source acknowledged a write"
+    journal = app.acked()
+    assert len(journal) >= 20
+    assert_equal_databases(m.source_url, m.target_url)
+    assert assert_journal_on(m.target_url, journal) == len(journal)
+    assert _source_frozen(m), "after cutover the source stays frozen until a rollback"
+
+    evidence = _last_report(m)
+    assert evidence["verdict"] == {"complete": True, "problems": []}, evidence["verdict"]
+    cutover = evidence["cutover"]
+    assert cutover["state"] == "cut over"
+    assert cutover["write_tuples_at_freeze"] == cutover["write_tuples_at_end"]
+    assert cutover["slices_recopied"] >= 1, "the app's writes were not re-copied"
+    assert 0 < cutover["window_seconds"] < 600
+
+    assert app_env.stat().st_mode & 0o777 == 0o600
+    settings = _env_file(app_env)
+    assert m.pooler_url, "the cutover writes the pooler URL: pgbouncer must run"
+    pooler = psycopg.conninfo.conninfo_to_dict(m.pooler_url)
+    assert f"@{pooler['host']}:{pooler['port']}/" in settings["DATABASE_URL"]
+    assert "sslmode=verify-full" in settings["DATABASE_URL"]
+    password = pooler.get("password")
+    assert password
+    assert str(password) not in output, "the password was printed"
+    assert readme_engine_queries(settings["DATABASE_URL"], settings["DATABASE_SSLROOTCERT"]) == [
+        i + 1 for i in range(30)
+    ]
+
+    code, output = run_cli(["cutover", "--rollback"])
+    assert code == 0, output
+    assert not _source_frozen(m)
+    assert _last_report(m)["cutover"]["state"] == "rolled back"
+    with StandIn(m.source_url, connections=1) as again:
+        again.wait_until(lambda: len(again.acks()) >= 3, 60, "writes after the rollback")
+
+
+def _plan_and_migrate(m: Migration) -> None:
+    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
+    assert code == 0, output
+    code, output = run_cli(["migrate", "--workers", "2"])
+    assert code == 0, output
+    run_cli(["verify"])  # the app's writes make whole tables differ meanwhile: no matter
+
+
+def test_no_freeze_while_the_app_writes_is_refused_and_changes_nothing(
+    migration: MigrationFactory,
+) -> None:
+    m = migration()
+    _plan_and_migrate(m)
+    with StandIn(m.source_url, connections=2) as app:
+        app.wait_until(lambda: len(app.acks()) >= 10, 60, "the app's first writes")
+        code, output = run_cli(["cutover", "--yes", "--no-freeze"])
+        acked = len(app.acks())
+        app.wait_until(lambda: len(app.acks()) >= acked + 5, 60, "the app still writing")
+    assert code == 1, output
+    assert "still being written" in " ".join(output.split()), output
+    assert not _source_frozen(m)
+    assert app.refused == 0
+
+
+def test_not_ready_is_refused_before_anything_changes(migration: MigrationFactory) -> None:
+    m = migration()
+    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
+    assert code == 0, output
+    code, output = run_cli(["cutover", "--yes"])
+    assert code == 1, output
+    assert "not ready for cutover, nothing changed" in " ".join(output.split()), output
+    assert "partitions not verified" in output
+    assert not _source_frozen(m)
+
+
+def test_a_cutover_killed_after_the_freeze_is_finished_by_the_next_one(
+    migration: MigrationFactory, isolated_cwd: Path
+) -> None:
+    """SIGKILL once the source is frozen (the final delta under way): the source says it is
+    frozen, and `cutover` again resumes from the recorded freeze and finishes."""
+    m = migration()
+    _plan_and_migrate(m)
+    with StandIn(m.source_url, connections=2) as app:
+        app.wait_until(lambda: len(app.acks()) >= 10, 60, "the app's first writes")
+        proc = cli_process(["cutover", "--yes"], m.env(), isolated_cwd)
+        deadline = time.monotonic() + 180
+        while not _source_frozen(m) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _source_frozen(m), proc.communicate()[0] if proc.poll() is not None else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        state = json.loads((m.dagster_home / "cutover" / "state.json").read_text())
+        assert state["phase"] in {"freezing", "frozen"}, state
+        code, output = run_cli(["cutover", "--yes"])
+        assert code == 0, output
+        assert "resuming" in output or _last_report(m)["cutover"]["state"] == "cut over"
+    assert_equal_databases(m.source_url, m.target_url)
+    assert assert_journal_on(m.target_url, app.acked()) >= 10
+    code, output = run_cli(["cutover", "--rollback"])
+    assert code == 0, output
+    assert not _source_frozen(m)
