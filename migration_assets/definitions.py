@@ -32,10 +32,6 @@ SHIPPED_NOTE = (
 )
 
 log = logging.getLogger(__name__)
-# Jobs beside the asset graph: "Materialize all" must never freeze a production database.
-CUTOVER = dg.Definitions(
-    assets=[CUTOVER_ASSET], jobs=[migration_cutover, migration_cutover_rollback]
-)
 
 
 def _plan() -> tuple[MigrationPlan, bool]:
@@ -59,7 +55,11 @@ def build() -> dg.Definitions:
     settings = load_settings()  # the environment, or .env in the working directory
     settings.export_environment()  # where run workers' EnvVars and database code read them
     plan, shipped = _plan()
-    definitions = dg.Definitions.merge(build_definitions(plan, settings), CUTOVER)
+    # jobs beside the asset graph: "Materialize all" must never freeze a production database
+    cutover = dg.Definitions(
+        assets=[CUTOVER_ASSET], jobs=[migration_cutover, migration_cutover_rollback]
+    )
+    definitions = dg.Definitions.merge(build_definitions(plan, settings), cutover)
     return definitions.map_asset_specs(func=_mark_shipped) if shipped else definitions
 
 

@@ -206,3 +206,27 @@ def test_helm_values() -> None:
     assert not _inline_secrets(values), "secrets belong in a Kubernetes Secret"
     assert values["computeLogManager"]["type"] == "NoOpComputeLogManager"
     assert values["telemetry"]["enabled"] is False
+
+
+def test_the_code_location_passes_dagsters_own_validation(tmp_path: Path) -> None:
+    """What `dagster dev -w workspace.yaml` loads, loaded by Dagster's validator: one
+    Definitions object at module scope, jobs and assets that resolve (the shipped plan)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MIGRATION_PLAN"}
+    env["DAGSTER_HOME"] = str(tmp_path)
+    dagster = Path(sys.executable).parent / "dagster"
+    root = DEPLOY.parent
+    done = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", str(root / "workspace.yaml")],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Validation successful for code location migration_assets" in done.stderr + done.stdout
