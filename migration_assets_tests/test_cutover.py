@@ -145,6 +145,8 @@ def test_a_cutover_killed_after_the_freeze_is_finished_by_the_next_one(
         proc.wait(timeout=30)
         state = json.loads((m.dagster_home / "cutover" / "state.json").read_text())
         assert state["phase"] in {"freezing", "frozen"}, state
+        code, output = run_cli(["status"])
+        assert "frozen by an unfinished cutover" in " ".join(output.split()), output
         code, output = run_cli(["cutover", "--yes"])
         assert code == 0, output
         assert "resuming" in output or _last_report(m)["cutover"]["state"] == "cut over"

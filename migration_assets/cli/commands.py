@@ -131,7 +131,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     from migration_assets.engine.work import partition_statuses
 
     session = open_session(args)
-    return print_status(session.plan, partition_statuses(session.instance, session.plan))
+    code = print_status(session.plan, partition_statuses(session.instance, session.plan))
+    print_cutover_state(session)
+    return code
+
+
+def print_cutover_state(session: Session) -> None:
+    """A cutover that froze the source says so wherever people look, until undone."""
+    from migration_assets.engine.cutover_state import FREEZING, FROZEN, SWITCHED, CutoverState
+
+    state = CutoverState.load(session.settings)
+    if state.phase in (FREEZING, FROZEN):
+        out.print(
+            f"[bold red]the source database {state.database} is frozen by an unfinished "
+            "cutover[/]: `migration-assets cutover` finishes it, `migration-assets cutover "
+            "--rollback` undoes it.",
+            soft_wrap=True,
+        )
+    elif state.phase == SWITCHED:
+        out.print(
+            f"cut over: the source database {state.database} stays read-only "
+            "(`migration-assets cutover --rollback` makes it writable again)",
+            soft_wrap=True,
+        )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
