@@ -27,7 +27,7 @@ from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.devstack.seed import seed
 from migration_assets.devstack.stack import DevStack
-from migration_assets_tests.standin import StandIn
+from migration_assets.devstack.standin import StandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS, GOAL_PATIENTS = 30.0, 50_000

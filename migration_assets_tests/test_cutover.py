@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from migration_assets.db.freeze import is_frozen
+from migration_assets.devstack.standin import StandIn, assert_journal_on
 from migration_assets_tests.conftest import Migration, MigrationFactory
 from migration_assets_tests.helpers import (
     assert_equal_databases,
@@ -19,7 +20,6 @@ from migration_assets_tests.helpers import (
     readme_engine_queries,
     run_cli,
 )
-from migration_assets_tests.standin import StandIn, assert_journal_on
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +84,9 @@ def test_cutover_with_the_app_writing_loses_no_acknowledged_write(
         i + 1 for i in range(30)
     ]
 
+    code, output = run_cli(["cutover", "--yes"])
+    assert code == 1, output
+    assert "cut over already" in output
     code, output = run_cli(["cutover", "--rollback"])
     assert code == 0, output
     assert not _source_frozen(m)

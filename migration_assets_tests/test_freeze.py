@@ -26,8 +26,8 @@ from migration_assets.db.freeze import (
     write_position,
 )
 from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
+from migration_assets.devstack.standin import StandIn, assert_journal_on
 from migration_assets_tests.conftest import Databases, unique
-from migration_assets_tests.standin import StandIn, assert_journal_on
 
 pytestmark = pytest.mark.integration
 

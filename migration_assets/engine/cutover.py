@@ -71,6 +71,11 @@ def cutover_ready(context: dg.OpExecutionContext, config: CutoverConfig) -> bool
     if state.phase in (FREEZING, FROZEN):
         context.log.info("resuming: the source was frozen by an unfinished cutover")
         return True
+    if state.phase == SWITCHED:
+        raise _fail(
+            f"database {state.database} was cut over already and stays frozen: nothing "
+            "changed. To cut over again, `migration-assets cutover --rollback` first."
+        )
     if config.app_env and not session.settings.supabase_pooler_url:
         raise _fail("--app-env needs SUPABASE_POOLER_URL (port 6543) to write", exit_code=2)
     problems = readiness_problems(session)
