@@ -21,10 +21,9 @@ from migration_assets.db.freeze import (
     freeze_problem,
     is_frozen,
     prior_setting,
-    quiescent,
     unfreeze,
-    write_position,
 )
+from migration_assets.db.quiescence import quiescent, write_position
 from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
 from migration_assets.devstack.standin import StandIn, assert_journal_on
 from migration_assets_tests.conftest import Databases, unique

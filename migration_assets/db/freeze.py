@@ -15,39 +15,24 @@ transaction: each step commits on its own, so new sessions see it at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC
 from typing import Any, Self
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
 
 from migration_assets.db.errors import MigrationError
-
-Connection = psycopg.Connection[Any]
+from migration_assets.db.quiescence import (
+    Connection,
+    WritePosition,
+    own_transaction,
+    write_position,
+)
 
 READ_ONLY = "default_transaction_read_only"
 KEEP_APPLICATION = "migration_assets"
 POLL_SECONDS = 0.05
-
-
-@contextmanager
-def _transaction(conn: Connection) -> Iterator[None]:
-    """One committed transaction of ours; refuses to ride on a caller's open one.
-
-    Inside a caller's transaction our ALTER would be a savepoint that new sessions do not
-    see until the caller commits, which would make "frozen" a lie.
-    """
-    if conn.info.transaction_status != TransactionStatus.IDLE:
-        raise MigrationError(
-            "freezing needs a connection with no open transaction: commit or roll back first "
-            "(or pass an autocommit connection)"
-        )
-    with conn.transaction():
-        yield
 
 
 def _scalar(conn: Connection, query: str, params: Any = None) -> Any:
@@ -56,13 +41,13 @@ def _scalar(conn: Connection, query: str, params: Any = None) -> Any:
 
 
 def _database(conn: Connection) -> str:
-    with _transaction(conn):
+    with own_transaction(conn):
         return str(_scalar(conn, "SELECT current_database()"))
 
 
 def _name(conn: Connection, name: str) -> str:
     """An identifier quoted by the server's quote_ident: only where needed, as a DBA types it."""
-    with _transaction(conn):
+    with own_transaction(conn):
         return str(_scalar(conn, "SELECT quote_ident(%s)", [name]))
 
 
@@ -79,7 +64,7 @@ def freeze_problem(conn: Connection) -> str | None:
     refuse with the fix instead of failing half way (a session of another role that opens
     after this question makes the freeze itself refuse and undo).
     """
-    with _transaction(conn):
+    with own_transaction(conn):
         row = conn.execute(
             "SELECT current_user, current_database(), r.rolsuper,"
             " pg_has_role(current_user, d.datdba, 'USAGE'), d.datdba::regrole::text,"
@@ -109,76 +94,6 @@ def freeze_problem(conn: Connection) -> str | None:
         f"run as a superuser: {' '.join(fixes)} (or run cutover as a superuser, or stop the "
         "application yourself and run cutover --no-freeze)"
     )
-
-
-# --- 2. write position -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WritePosition:
-    """Evidence of write activity: equal positions mean no write happened in between.
-
-    - `write_tuples`: rows inserted, updated and deleted in this database's user tables
-      (pg_stat_user_tables). Per database and blind to catalog churn, so autovacuum's ANALYZE
-      (which a busy app triggers, during the window too) does not move it. Backends report
-      lazily (PG15+: at transaction end at most once a second, an idle one within seconds,
-      and at session end); the freeze ends the app's sessions, which flushes theirs.
-    - `next_xid`: information. Every write takes a transaction id, but it is cluster-wide:
-      other databases and ANALYZE move it too, so equality of it would refuse quiet sources.
-    - `wal_lsn`: information only; checkpoints and other databases move it.
-    """
-
-    next_xid: int
-    write_tuples: int
-    wal_lsn: str
-
-    def same_writes(self, other: WritePosition) -> bool:
-        """No write between the two positions, by the counters that prove it."""
-        return self.write_tuples == other.write_tuples
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        return cls(int(data["next_xid"]), int(data["write_tuples"]), str(data["wal_lsn"]))
-
-
-def write_position(conn: Connection) -> WritePosition:
-    """This database's write position now (stats snapshot cleared, so it is fresh)."""
-    snapshot = (
-        "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-        if conn.info.server_version >= 130000
-        else "txid_snapshot_xmax(txid_current_snapshot())"
-    )
-    with _transaction(conn):
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            sql.SQL(
-                "SELECT {}, (SELECT sum(n_tup_ins + n_tup_upd + n_tup_del)"
-                " FROM pg_stat_user_tables),"
-                " pg_current_wal_lsn()::text"
-            ).format(sql.SQL(snapshot))
-        ).fetchone()
-    assert row is not None
-    return WritePosition(int(row[0]), int(row[1] or 0), str(row[2]))
-
-
-def quiescent(
-    conn: Connection, since: WritePosition, settle_seconds: float = 1.5
-) -> tuple[bool, WritePosition]:
-    """Whether no write happened since `since`, and the position now.
-
-    A position equal to `since` is read again after `settle_seconds`, because write counts
-    reach pg_stat_user_tables late: a write committed just before the first read may show
-    only in the second.
-    """
-    now = write_position(conn)
-    if not now.same_writes(since):
-        return False, now
-    time.sleep(settle_seconds)  # the settle time is the point: stats flush lazily
-    later = write_position(conn)
-    return later.same_writes(since), later
 
 
 # --- 3-5. freeze, unfreeze, is_frozen ----------------------------------------------------
@@ -214,7 +129,7 @@ def prior_setting(conn: Connection) -> str | None:
 
     Only the database-wide entry (setrole = 0) is ours to change and restore.
     """
-    with _transaction(conn):
+    with own_transaction(conn):
         value = _scalar(
             conn,
             "SELECT substr(c, length(%(name)s) + 2) FROM pg_db_role_setting s"
@@ -235,7 +150,7 @@ def is_frozen(conn: Connection) -> bool:
 
 def _overriding_roles(conn: Connection) -> list[str]:
     """Roles whose own setting beats the database's: their sessions would not be read-only."""
-    with _transaction(conn):
+    with own_transaction(conn):
         rows = conn.execute(
             "SELECT DISTINCT s.setrole::regrole::text FROM pg_db_role_setting s,"
             " unnest(s.setconfig) AS c WHERE s.setrole <> 0 AND c LIKE %(name)s || '=%%'"
@@ -248,11 +163,11 @@ def _overriding_roles(conn: Connection) -> list[str]:
 
 def _set_database(conn: Connection, value: str | None) -> None:
     """Set (or RESET for None) the database-level setting, from a read-write session."""
-    with _transaction(conn):
+    with own_transaction(conn):
         # A session opened on a frozen database is read-only itself: ALTER would fail.
         conn.execute(sql.SQL("SET {} = off").format(sql.Identifier(READ_ONLY)))
     database = sql.Identifier(_database(conn))
-    with _transaction(conn):
+    with own_transaction(conn):
         if value is None:
             stmt = sql.SQL("ALTER DATABASE {} RESET {}").format(database, sql.Identifier(READ_ONLY))
         else:
@@ -334,7 +249,7 @@ _CUTOFF = (
 
 def _cutoff(conn: Connection) -> tuple[Any, list[int]]:
     """The server's time now and the sessions whose start we may not see (see above)."""
-    with _transaction(conn):
+    with own_transaction(conn):
         row = conn.execute(_CUTOFF).fetchone()
     assert row is not None
     return row[0], [int(p) for p in row[1]]
@@ -351,7 +266,7 @@ def _end_sessions(
     ended: set[int] = set()
     deadline = time.monotonic() + wait_seconds
     while True:
-        with _transaction(conn):
+        with own_transaction(conn):
             old = conn.execute(
                 _OLD_SESSIONS, {"cutoff": cutoff[0], "hidden": cutoff[1], "keep": keep}
             ).fetchall()
@@ -372,7 +287,7 @@ def _end_sessions(
 def _terminate(conn: Connection, pid: int) -> bool:
     """End one session; False if we may not (a superuser's) or it is gone already."""
     try:
-        with _transaction(conn):
+        with own_transaction(conn):
             return bool(_scalar(conn, "SELECT pg_terminate_backend(%s)", [pid]))
     except psycopg.errors.InsufficientPrivilege:
         return False
@@ -421,7 +336,7 @@ def unfreeze(
     if not was_frozen:
         return 0
     at, hidden = _cutoff(conn)
-    with _transaction(conn):
+    with own_transaction(conn):
         old = conn.execute(
             _OLD_SESSIONS, {"cutoff": at, "hidden": hidden, "keep": keep_application}
         )

@@ -18,15 +18,13 @@ import dagster as dg
 from migration_assets.db.errors import MigrationError
 from migration_assets.db.freeze import (
     FreezeRecord,
-    WritePosition,
     freeze,
     freeze_problem,
     is_frozen,
     prior_setting,
-    quiescent,
     unfreeze,
-    write_position,
 )
+from migration_assets.db.quiescence import WritePosition, quiescent, write_position
 from migration_assets.db.session import connect
 from migration_assets.defs.keys import CUTOVER_KEY
 from migration_assets.engine.cutover_state import (
