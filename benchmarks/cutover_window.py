@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from migration_assets.devstack.stack import DevStack
 from migration_assets.devstack.standin import StandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 GOAL_SECONDS, GOAL_PATIENTS = 30.0, 50_000
 
 
@@ -37,11 +39,13 @@ def _say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def _run(args: list[str]) -> float:
+def _run(args: list[str], log: Path) -> float:
+    """The CLI in this process, its output to `log` (only the table goes to stdout)."""
     started = time.perf_counter()
-    code = cli(args)
+    with log.open("a") as sink, redirect_stdout(sink), redirect_stderr(sink):
+        code = cli(args)
     if code != 0:
-        raise SystemExit(f"`migration-assets {' '.join(args)}` exited {code}")
+        raise SystemExit(f"`migration-assets {' '.join(args)}` exited {code}: see {log}")
     return time.perf_counter() - started
 
 
@@ -69,12 +73,14 @@ def measure(stack: DevStack, work: Path, patients: int, rate: float) -> dict[str
         MIGRATION_PLAN=str(work / f"{name}.json"),
         DAGSTER_HOME=str(home),
     )
-    _run(["plan", "--out", str(work / f"{name}.json")])
-    cold = _run(["migrate", "--workers", "2"])
-    _run(["verify"])
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    log = RESULTS_DIR / f"cutover-{name}.log"  # the CLI's output; gitignored
+    _run(["plan", "--out", str(work / f"{name}.json")], log)
+    cold = _run(["migrate", "--workers", "2"], log)
+    _run(["verify"], log)
     with StandIn(source, rate=rate) as app:
         app.wait_until(lambda: len(app.acks()) >= 50, 120, "the app's first writes")
-        seconds = _run(["cutover", "--yes"])
+        seconds = _run(["cutover", "--yes"], log)
         writes = len(app.acks())
     reports = sorted((home / "audit").glob("audit-*.json"))
     evidence = json.loads(reports[-1].read_text())["cutover"]
