@@ -44,16 +44,20 @@ def speed_up(target_url: str, table: str) -> None:
         conn.execute(sql.SQL("DROP TRIGGER IF EXISTS test_slow ON {}").format(rel))
 
 
-def wait_for_copy(admin_conninfo: str, dbname: str, timeout: float = 90.0) -> int:
-    """The pid of a migration backend that is inside COPY ... FROM STDIN on `dbname`."""
+def wait_for_copy(
+    admin_conninfo: str, dbname: str, timeout: float = 90.0, *, into: str | None = None
+) -> int:
+    """The pid of a migration backend that is inside COPY ... FROM STDIN on `dbname` (into
+    the table `into`, "schema.name", if given: another table's COPY may end at once)."""
+    target = "%" if into is None else '"' + '"."'.join(into.split(".")) + '"%'
     deadline = time.monotonic() + timeout
     with psycopg.connect(admin_conninfo, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                "AND application_name = 'migration_assets' AND query LIKE 'COPY %%FROM STDIN%%' "
+                "AND application_name = 'migration_assets' AND query LIKE %s "
                 "AND state = 'active' LIMIT 1",
-                [dbname],
+                [dbname, f"COPY {target}FROM STDIN%"],
             ).fetchone()
             if row:
                 return int(row[0])

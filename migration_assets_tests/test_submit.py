@@ -417,7 +417,9 @@ def test_a_run_killed_mid_slice_in_a_backfill_is_redone(
     with daemon(q):
         proc = q.submit()
         try:
-            backend = wait_for_copy(stack.target.admin_conninfo(), q.target_db, timeout=240)
+            backend = wait_for_copy(
+                stack.target.admin_conninfo(), q.target_db, timeout=240, into=SLOW_TABLE
+            )
             workers = wait_for(
                 lambda: _client_pids(admin, backend), 10, "the process holding the COPY", 0.05
             )
