@@ -109,7 +109,7 @@ def print_migrate(report: MigrateReport) -> int:
         f"{report.skipped_partitions} already verified; {report.rows:,} rows in "
         f"{report.seconds:.1f}s"
     )
-    out.print("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
+    out.print("  time: " + report.describe())
     if report.indexes_rebuilt:
         out.print(f"  {report.indexes_rebuilt} secondary index(es) were built after the load")
     if report.aborted:

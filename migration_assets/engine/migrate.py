@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migration_assets.db.errors import MigrationError
@@ -18,13 +18,14 @@ from migration_assets.defs.liveness import LOST_AFTER_SECONDS, in_flight, reap_l
 from migration_assets.engine.home import apply_pool_limit
 from migration_assets.engine.local import ProgressFn, WorkerPool, run_inline
 from migration_assets.engine.session import Outcome, Session
+from migration_assets.engine.timer import Timer
 from migration_assets.engine.work import head_run, partition_statuses, slice_runs, tail_run
 
 RELOOK_SECONDS = 0.5  # longer than the pause between two runs of one migration
 
 
 @dataclass
-class MigrateReport:
+class MigrateReport(Timer):
     aborted: str = ""  # why the run stopped dispatching partitions early
     schema_ok: bool = False
     schema_message: str = ""
@@ -40,15 +41,6 @@ class MigrateReport:
     reaped_runs: int = 0
     resync: bool = False
     seconds: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
 
     @property
     def failed(self) -> list[Outcome]:
@@ -107,10 +99,12 @@ def migrate(
     workers: int = 2,
     force: bool = False,
     resync: bool = False,
+    redo: frozenset[tuple[str, str]] = frozenset(),
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_done: ProgressFn = lambda outcome: None,
 ) -> MigrateReport:
-    """Head run, the partition runs that are due, tail run: all recorded in the instance."""
+    """Head run, the partition runs that are due, tail run: all recorded in the instance.
+    `redo`: (table, partition) pairs a whole-table check found different, resynced too."""
     started = time.perf_counter()
     report = MigrateReport(total_partitions=session.plan.total_partitions(), resync=resync)
     limit = session.settings.migration_target_connections
@@ -121,7 +115,7 @@ def migrate(
             apply_pool_limit(session.instance, limit)
             statuses = partition_statuses(session.instance, session.plan)
             runs, report.skipped_partitions = slice_runs(
-                session.plan, statuses, every=resync, force=force
+                session.plan, statuses, every=resync, force=force, redo=redo
             )
         pool = None
         if workers > 1 and len(runs) > 1:
