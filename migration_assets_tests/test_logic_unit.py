@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import dagster as dg
 import pytest
 
 from migration_assets.db.errors import VALUE_MASK, mask_values
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
-from migration_assets.plan import dagster_name
+from migration_assets.defs.checks import differing_slices
+from migration_assets.defs.keys import TABLE_CHECKSUM
+from migration_assets.engine.work import Status, slice_runs
+from migration_assets.plan import dagster_name, load_plan
 from migration_assets.planner import partitions_for
 
 pytestmark = pytest.mark.unit
@@ -90,3 +96,31 @@ def test_row_values_are_masked_in_error_text(raw: str, leak: str) -> None:
     masked = mask_values(raw)
     assert leak not in masked
     assert VALUE_MASK in masked
+
+
+def test_the_final_delta_reads_back_the_slices_a_checksum_check_named() -> None:
+    """The cutover resyncs exactly the partitions the failed table_checksum listed."""
+    key = dg.AssetKey(["public", "patients"])
+
+    def evaluation(passed: bool, listed: str) -> dg.AssetCheckEvaluation:
+        meta = {"differing_slices": dg.MetadataValue.text(listed)}
+        return dg.AssetCheckEvaluation(
+            asset_key=key, check_name=TABLE_CHECKSUM, passed=passed, metadata=meta
+        )
+
+    assert differing_slices(evaluation(False, "001-aa, 003-bb")) == ["001-aa", "003-bb"]
+    assert differing_slices(evaluation(False, "none")) == []
+    assert differing_slices(evaluation(True, "001-aa")) == []
+
+
+def test_redo_adds_runs_for_just_the_named_partitions() -> None:
+    plan = load_plan(Path(__file__).parents[1] / "migration_assets" / "plans" / "demo.json")
+    statuses = {
+        t.qualified: dict.fromkeys(t.partition_keys, Status.MATERIALIZED) for t in plan.tables
+    }
+    table = max(plan.tables, key=lambda t: len(t.partition_keys))
+    chosen = table.partition_keys[-1]
+    runs, done = slice_runs(plan, statuses, redo=frozenset({(table.qualified, chosen)}))
+    assert [(r.table, r.partition) for r in runs] == [(table.qualified, chosen)]
+    assert done == plan.total_partitions() - 1
+    assert slice_runs(plan, statuses) == ([], plan.total_partitions())

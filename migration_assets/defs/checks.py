@@ -221,6 +221,15 @@ def _checksum_result(
     return dg.AssetCheckResult(check_name=TABLE_CHECKSUM, passed=c.equal, metadata=metadata)
 
 
+def differing_slices(evaluation: dg.AssetCheckEvaluation) -> list[str]:
+    """The partitions a failed table_checksum named (read back from its own metadata)."""
+    if evaluation.check_name != TABLE_CHECKSUM or evaluation.passed:
+        return []
+    value = evaluation.metadata.get("differing_slices")
+    text = str(getattr(value, "value", value or "none"))
+    return [] if text == "none" else [pk.strip() for pk in text.split(",") if pk.strip()]
+
+
 def _localise(
     source: SourceDatabase,
     target: TargetDatabase,

@@ -26,6 +26,7 @@ from migration_assets.db.freeze import (
 )
 from migration_assets.db.quiescence import WritePosition, quiescent, write_position
 from migration_assets.db.session import connect
+from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import CUTOVER_KEY
 from migration_assets.engine.cutover_state import (
     FREEZING,
@@ -35,7 +36,10 @@ from migration_assets.engine.cutover_state import (
     readiness_problems,
     write_app_env,
 )
-from migration_assets.engine.session import Session, blocking_failures
+from migration_assets.engine.session import Session
+from migration_assets.engine.session import blocking_failures as blocking
+from migration_assets.engine.timer import Timer
+from migration_assets.plan import TablePlan
 from migration_assets.settings import load_settings
 
 EXIT_TAG = "exit"  # a step's failure metadata: the CLI's exit code for it (2: fix the setup)
@@ -130,32 +134,63 @@ def _quiet_or_refuse(conn: Any) -> dict[str, Any]:
     return {**record.to_dict(), "frozen_by_us": False}
 
 
-@dg.op(description="Re-checksum every slice, re-copy those that differ, sequences, checks.")
+@dg.op(description="Compare every slice on both sides, re-copy those that differ, re-check.")
 def final_delta(
     context: dg.OpExecutionContext, config: CutoverConfig, frozen: dict[str, Any]
 ) -> dict[str, Any]:
+    """Checks first: every table's checksum is grouped by slice on both servers, so one pass
+    names the slices that changed since they were materialized. Only those are resynced
+    (the `--resync` mechanism, through the engine's runs), then the tail (sequences), then
+    the checks of the tables that changed or failed. With the source frozen and the target
+    untouched by anyone else, a check that passed in the first pass stays true. If a check
+    could not run at all, every slice is resynced and every check runs again."""
     from migration_assets.engine.migrate import migrate
 
     session = _session(context)
-    report = migrate(session, workers=config.workers, resync=True)
+    timer = Timer()
+    with timer.phase("checks"):
+        first = session.run_checks()
+    redo, recheck = _what_differs(session, first)
+    report = migrate(session, workers=config.workers, resync=not first.success, redo=redo)
+    timer.phases.update(report.phases)
     if not report.ok:
         raise _fail(
             "the final delta did not verify (see its runs); the source stays frozen: fix and "
             "run cutover again, or `migration-assets cutover --rollback`"
         )
-    checks = session.run_checks()
-    failed = [f"{e.asset_key.to_user_string()} {e.check_name}" for e in blocking_failures(checks)]
-    if failed or not checks.success:
+    failed: list[str] = []
+    if recheck or not first.success:
+        with timer.phase("re-checks"):
+            checks = session.run_checks(recheck if first.success else None)
+        failed = [f"{e.asset_key.to_user_string()} {e.check_name}" for e in blocking(checks)]
+        if not checks.success:
+            failed.append("a check could not run")
+    if failed:
         raise _fail(
-            f"checks failed after the final delta ({', '.join(failed) or 'a check could not run'})"
-            "; the source stays frozen: fix and run cutover again, or roll back"
+            f"checks failed after the final delta ({', '.join(failed)}); the source stays "
+            "frozen: fix and run cutover again, or roll back"
         )
     copied = [o for o in report.outcomes if o.copied]
     return {
-        "slices_compared": len(report.outcomes),
+        "slices_compared": session.plan.total_partitions(),
         "slices_recopied": len(copied),
         "rows_recopied": sum(o.rows for o in copied),
+        "delta_time": timer.describe(),
     }
+
+
+def _what_differs(
+    session: Session, checks: dg.ExecuteInProcessResult
+) -> tuple[frozenset[tuple[str, str]], list[TablePlan]]:
+    """The (table, partition) pairs whose checksums differ, and the tables to check again:
+    every table with a failed blocking check (a differing slice is one)."""
+    by_key = {dg.AssetKey(t.asset_path): t for t in session.plan.tables}
+    failing = [e for e in blocking(checks) if e.asset_key in by_key]
+    redo = frozenset(
+        (by_key[e.asset_key].qualified, pk) for e in failing for pk in differing_slices(e)
+    )
+    tables = {by_key[e.asset_key].qualified: by_key[e.asset_key] for e in failing}
+    return redo, list(tables.values())
 
 
 @dg.op(description="Prove no write reached the source, record the evidence, write app env.")

@@ -80,13 +80,16 @@ def slice_runs(
     *,
     every: bool = False,
     force: bool = False,
+    redo: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[list[RunSpec], int]:
-    """Partition runs due (largest first, for an even finish) and how many are verified."""
+    """Partition runs due (largest first, for an even finish) and how many are verified.
+    `redo`: (table, partition) pairs known to differ, run like `every` runs them."""
     runs: list[RunSpec] = []
     done = 0
     for table in plan.tables:
         for pk, status in statuses[table.qualified].items():
-            if every or force or status is not Status.MATERIALIZED:
+            due = every or force or (table.qualified, pk) in redo
+            if due or status is not Status.MATERIALIZED:
                 runs.append(slice_run(table, pk, force=force))
             else:
                 done += 1
