@@ -4,7 +4,10 @@ For each size, on one throwaway stack: a source at Alembic head seeded with N pa
 fresh Supabase-like target, `plan`, a cold `migrate` (the baseline, in the same process on
 the same servers), `verify`; then the application stand-in writes at a steady rate and
 `cutover --yes` runs. The freeze window (freeze to proof, from the cutover's evidence) is
-printed in seconds and as a ratio to that cold migrate. The goal: under 30 s at 50,000.
+printed in seconds and as a ratio to that cold migrate, with where the final delta's time
+went. The goal: under 30 s at 50,000. DAGSTER_HOME's storage is a fresh database on the
+stack's Dagster server, as in `benchmarks/run.py` (`--dagster-storage sqlite` for Dagster's
+default in an empty directory).
 
     .venv/bin/python benchmarks/cutover_window.py [--patients 10000,50000] [--rate 20]
 """
@@ -56,7 +59,9 @@ def _pooler_for(stack: DevStack, dbname: str) -> str:
     return display_url(params, mask=False)
 
 
-def measure(stack: DevStack, work: Path, patients: int, rate: float) -> dict[str, Any]:
+def measure(
+    stack: DevStack, work: Path, patients: int, rate: float, storage: str
+) -> dict[str, Any]:
     name = f"cut_{patients}"
     source = stack.create_source_database(name)
     alembic_upgrade(source, sslrootcert=None, config_path=REPO_ROOT / "alembic.ini")
@@ -65,6 +70,9 @@ def measure(stack: DevStack, work: Path, patients: int, rate: float) -> dict[str
         conn.commit()
     target = stack.create_target_database(name)
     home = work / name
+    if storage == "postgres":
+        stack.dagster_home_for(home, name)
+    os.environ.update(stack.env())  # the Dagster server's credentials, if its yaml reads them
     os.environ.update(
         SOURCE_DATABASE_URL=source,
         SUPABASE_DB_URL=target,
@@ -95,6 +103,7 @@ def measure(stack: DevStack, work: Path, patients: int, rate: float) -> dict[str
         "slices_recopied": evidence["slices_recopied"],
         "rows_recopied": evidence["rows_recopied"],
         "app_writes": writes,
+        "delta_time": evidence.get("delta_time", ""),
     }
 
 
@@ -112,6 +121,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             f"| {r['patients']:,} | {r['cold_migrate_s']} | {r['window_s']} | {r['ratio']}x "
             f"| {r['slices_recopied']} | {r['rows_recopied']:,} | {goal} |"
         )
+    lines += ["", "Where the final delta's time went:"]
+    lines += [f"- {r['patients']:,} patients: {r['delta_time']}" for r in rows]
     return "\n".join(lines)
 
 
@@ -119,12 +130,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", default="10000,50000")
     parser.add_argument("--rate", type=float, default=20.0, help="writes/s per app connection")
+    parser.add_argument("--dagster-storage", choices=("postgres", "sqlite"), default="postgres")
     args = parser.parse_args()
     stack = DevStack()
     stack.start()
     try:
         with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp:
-            rows = [measure(stack, Path(tmp), int(n), args.rate) for n in args.patients.split(",")]
+            rows = [
+                measure(stack, Path(tmp), int(n), args.rate, args.dagster_storage)
+                for n in args.patients.split(",")
+            ]
     finally:
         stack.stop()
     print(render(rows))

@@ -202,6 +202,18 @@ class DevStack:
             dagster_yaml(port=self.dagster.port, target_connections=self.target_connections)
         )
 
+    def dagster_home_for(self, home: Path, database: str) -> Path:
+        """A DAGSTER_HOME of its own on the stack's storage server (a fresh `database`), for a
+        benchmark that must not pay for SQLite's per-event commits."""
+        assert self.dagster is not None
+        self.dagster.admin(f'CREATE DATABASE "{database}" OWNER dagster')
+        home.mkdir(mode=0o700, parents=True)
+        text = dagster_yaml(
+            port=self.dagster.port, db=database, target_connections=self.target_connections
+        )
+        (home / "dagster.yaml").write_text(text)
+        return home
+
     def source_url_for(self, dbname: str) -> str:
         assert self.source is not None
         return _url(
