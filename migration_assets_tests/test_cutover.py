@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import psycopg
 import pytest
+from dagster import DagsterEventType
 
 from migration_assets.db.freeze import is_frozen
 from migration_assets.devstack.standin import StandIn, assert_journal_on
@@ -158,3 +161,68 @@ def test_a_cutover_killed_after_the_freeze_is_finished_by_the_next_one(
     code, output = run_cli(["cutover", "--rollback"])
     assert code == 0, output
     assert not _source_frozen(m)
+
+
+def _kill_at_step(m: Migration, args: list[str], job: str, step: str, cwd: Path) -> str:
+    """Start `migration-assets *args`, SIGKILL its whole process group as soon as the
+    instance records that `step` of `job` started; the killed run's phase in the state file."""
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    proc = cli_process(args, m.env(), cwd)
+    deadline = time.monotonic() + 240
+    try:
+        while not _step_started(instance, job, step):
+            assert proc.poll() is None, f"ended before {step} started: {proc.communicate()[0]}"
+            assert time.monotonic() < deadline, f"{step} did not start"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        instance.dispose()
+    state_file = m.dagster_home / "cutover" / "state.json"
+    return str(json.loads(state_file.read_text())["phase"]) if state_file.exists() else ""
+
+
+def _step_started(instance: dg.DagsterInstance, job: str, step: str) -> bool:
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job), limit=1)
+    if not runs:
+        return False
+    events = instance.all_logs(runs[0].run_id, of_type=DagsterEventType.STEP_START)
+    return any(e.step_key == step for e in events)
+
+
+def _status_is_truthful(m: Migration) -> None:
+    """Whatever a kill left, `status` says so when the source is frozen."""
+    _, output = run_cli(["status"])
+    text = " ".join(output.split())
+    if _source_frozen(m):
+        assert "frozen by an unfinished cutover" in text or "stays read-only" in text, output
+
+
+@pytest.mark.parametrize("step", ["source_frozen", "final_delta", "switch_application"])
+def test_a_cutover_killed_at_each_step_is_finished_by_the_next_one(
+    migration: MigrationFactory, isolated_cwd: Path, step: str
+) -> None:
+    """SIGKILL as each step of the cutover job starts: the source never stays frozen without
+    `status` saying so, `cutover` again finishes with both sides equal, and `cutover
+    --rollback`, itself killed once as it starts, finishes when run again."""
+    m = migration()
+    _plan_and_migrate(m)
+    phase = _kill_at_step(m, ["cutover", "--yes"], "migration_cutover", step, isolated_cwd)
+    assert phase in {"", "freezing", "frozen", "switched"}, phase
+    _status_is_truthful(m)
+    code, output = run_cli(["cutover", "--yes"])
+    if phase == "switched":  # the kill came after the switch was recorded: it is done
+        assert code == 1, output
+        assert "cut over already" in " ".join(output.split()), output
+    else:
+        assert code == 0, output
+    assert _source_frozen(m)
+    assert _last_report(m)["cutover"]["state"] == "cut over"
+    assert_equal_databases(m.source_url, m.target_url)
+    rollback = ["cutover", "--rollback"]
+    _kill_at_step(m, rollback, "migration_cutover_rollback", "source_unfrozen", isolated_cwd)
+    _status_is_truthful(m)
+    code, output = run_cli(rollback)
+    assert code == 0, output
+    assert not _source_frozen(m)
+    assert _last_report(m)["cutover"]["state"] == "rolled back"
