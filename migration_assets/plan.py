@@ -24,8 +24,8 @@ from migration_assets.db.slices import (
 PLAN_FORMAT = 1
 FINGERPRINT_CHARS = 8
 DEFAULT_ROWS_PER_PARTITION = 250_000
-DEFAULT_MIN_PARTITIONS = 4
-MIN_ROWS_TO_SPLIT = 10_000
+DEFAULT_MIN_PARTITIONS = 2
+MIN_ROWS_TO_SPLIT = 200_000
 MAX_PARTITIONS = 512
 WIDE_ROW_BYTES = 64 * 1024
 # Owned by the schema step, not copied as data: Alembic writes its own revision.
