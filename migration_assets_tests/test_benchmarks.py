@@ -66,6 +66,11 @@ def test_benchmark_runs_every_step_at_tiny_scale(tmp_path: Path) -> None:
         assert result["rss"][f"migrate_{key}"] > 0
     assert result["migrate_breakdown_median_repeat"]["partition_runs"] >= 1
     assert "| step | seconds (median) | rows/s | ratio to A |" in output
+    small = result["small"]  # the 14-table database: every row moved, both steps timed
+    assert (small["tables"], small["rows"]) == (14, 3400)
+    assert small["migrate_seconds"] > 0
+    assert small["baseline_a_seconds"] > 0
+    assert "small database (14 tables, 3,400 rows" in output
     _assert_no_secrets(output)
 
 
