@@ -118,8 +118,8 @@ def migrate(
                 session.plan, statuses, every=resync, force=force, redo=redo
             )
         pool = None
-        if workers > 1 and len(runs) > 1:
-            pool = WorkerPool(session.plan_path, workers)  # imports overlap the schema run
+        if workers > 1 and len(runs) > 1:  # this process is one of the `workers`
+            pool = WorkerPool(session.plan_path, workers - 1)  # imports overlap the schema run
             stack.callback(pool.close)
         with report.phase("preflight and schema"):
             head = session.execute(head_run())
@@ -131,7 +131,7 @@ def migrate(
         on_start(len(runs), report.skipped_partitions)
         with report.phase("partitions"):
             if pool is not None:
-                report.outcomes, report.aborted = pool.run(runs, on_done)
+                report.outcomes, report.aborted = pool.run(runs, on_done, session=session)
             else:
                 report.outcomes, report.aborted = run_inline(session, runs, on_done)
         if not report.failed and not report.aborted:
