@@ -14,9 +14,11 @@ import psycopg
 import pytest
 
 from migration_assets.db.dsn import parse_dsn
+from migration_assets.db.schema import alembic_upgrade
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import load_plan
-from migration_assets_tests.conftest import Databases, Migration, MigrationFactory
+from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
+from migration_assets_tests.faults import slow_down
 from migration_assets_tests.helpers import (
     assert_equal_databases,
     cli_process,
@@ -395,6 +397,10 @@ def test_migrate_never_holds_more_target_connections_than_the_setting(
     monkeypatch.setenv("MIGRATION_TARGET_CONNECTIONS", "2")
     m = migration()
     _plan(m, "--rows-per-partition", "150", "--min-partitions", "4")
+    # The largest slice goes first to migrate's own process; slowed, it is still copying when
+    # the spawned worker has imported Dagster and takes the next: both copy at once.
+    alembic_upgrade(m.target_url, sslrootcert=str(m.ca_file), config_path=ALEMBIC_INI)
+    slow_down(m.target_url, "public.observations", 0.01)
     assert stack.target is not None
     dbname = parse_dsn(m.target_url)["dbname"]
     admin = stack.target.admin_conninfo(dbname)
