@@ -412,28 +412,17 @@ def fresh_dagster_home(bench: Bench) -> Iterator[Path]:
     assert bench.stack.dagster is not None
     name = bench.name("dagster")
     home = bench.work / name
-    home.mkdir(mode=0o700)
     if bench.dagster_storage == "postgres":
-        bench.stack.dagster.admin(f'CREATE DATABASE "{name}" OWNER dagster')
-        text = _stack_dagster_yaml(bench.stack, name)
+        bench.stack.dagster_home_for(home, name)
     else:
-        text = "telemetry:\n  enabled: false\n"
-    (home / "dagster.yaml").write_text(text)
+        home.mkdir(mode=0o700)
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     _init_dagster_storage(home)
     try:
         yield home
     finally:
         if bench.dagster_storage == "postgres":
             bench.stack.dagster.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _stack_dagster_yaml(stack: DevStack, database: str) -> str:
-    """The stack's own dagster.yaml (whatever it configures) pointed at `database`."""
-    text = (stack.dagster_home / "dagster.yaml").read_text()
-    pointed, found = re.subn(r"(?m)^(\s*db_name:\s*).*$", rf"\g<1>{database}", text)
-    if found != 1:
-        raise BenchmarkError("the stack's dagster.yaml has no single db_name line to point")
-    return pointed
 
 
 def _init_dagster_storage(home: Path) -> None:
