@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from migration_assets.db.slices import (
     RANGE_TYPES,
+    WHOLE_TABLE_FINGERPRINT,
     SliceSpec,
     Strategy,
 )
@@ -154,6 +155,11 @@ class TablePlan(_Model):
         return [c.name for c in self.columns]
 
     @property
+    def rows_per_slice(self) -> int:
+        """Estimated, at planning: what one partition run of this table moves."""
+        return self.row_estimate // max(1, self.slicing.partitions)
+
+    @property
     def binary_safe(self) -> bool:
         return all(c.binary_safe for c in self.columns if not c.generated)
 
@@ -279,6 +285,9 @@ def dagster_name(name: str) -> str:
 
 def partition_key(index: int, fingerprint: str) -> str:
     return f"{index:03d}-{fingerprint[:FINGERPRINT_CHARS]}"
+
+
+WHOLE_TABLE_KEY = partition_key(0, WHOLE_TABLE_FINGERPRINT)  # every one-slice table's key
 
 
 def load_plan(path: Path | str) -> MigrationPlan:

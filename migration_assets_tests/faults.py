@@ -38,7 +38,28 @@ def slow_down(target_url: str, table: str, seconds_per_row: float) -> None:
         conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER test_slow").format(rel))
 
 
+REFUSE_FUNCTION = """
+CREATE OR REPLACE FUNCTION public.test_refuse_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'test: this table refuses rows'; END $$
+"""
+
+
+def refuse_copy(target_url: str, table: str) -> None:
+    """COPY into `table` fails (an ALWAYS trigger that raises), every other table copies."""
+    with psycopg.connect(target_url, autocommit=True) as conn:
+        conn.execute(REFUSE_FUNCTION.encode())
+        rel = sql.Identifier(*table.split("."))
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER test_slow BEFORE INSERT ON {} "
+                "FOR EACH ROW EXECUTE FUNCTION public.test_refuse_copy()"
+            ).format(rel)
+        )
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER test_slow").format(rel))
+
+
 def speed_up(target_url: str, table: str) -> None:
+    """Undo `slow_down` or `refuse_copy`."""
     with psycopg.connect(target_url, autocommit=True) as conn:
         rel = sql.Identifier(*table.split("."))
         conn.execute(sql.SQL("DROP TRIGGER IF EXISTS test_slow ON {}").format(rel))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -11,10 +12,11 @@ from migration_assets.db.errors import VALUE_MASK, mask_values
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import TABLE_CHECKSUM
-from migration_assets.engine.work import Status, slice_runs
+from migration_assets.engine.work import CARRY_ROWS, RunSpec, Status, carry, slice_runs
 from migration_assets.plan import (
     DEFAULT_MIN_PARTITIONS,
     DEFAULT_ROWS_PER_PARTITION,
+    WHOLE_TABLE_KEY,
     dagster_name,
     load_plan,
 )
@@ -131,3 +133,49 @@ def test_redo_adds_runs_for_just_the_named_partitions() -> None:
     assert [(r.table, r.partition) for r in runs] == [(table.qualified, chosen)]
     assert done == plan.total_partitions() - 1
     assert slice_runs(plan, statuses) == ([], plan.total_partitions())
+
+
+def test_every_one_slice_table_shares_one_partition_key() -> None:
+    """Whatever its strategy or key, a table's only slice means every row."""
+    single = _spec(Strategy.SINGLE, 0, parts=1)
+    one_range = _spec(Strategy.RANGE, 0, parts=1)
+    assert single.fingerprint == one_range.fingerprint
+    assert _spec(Strategy.HASH, 0, parts=2).fingerprint != single.fingerprint
+    plan = load_plan(Path(__file__).parents[1] / "migration_assets" / "plans" / "demo.json")
+    whole = [t for t in plan.tables if t.slicing.partitions == 1]
+    assert len(whole) >= 2
+    assert {t.partition_keys[0] for t in whole} == {WHOLE_TABLE_KEY}
+
+
+def _slice_run(name: str, rows: int, partition: str = WHOLE_TABLE_KEY) -> RunSpec:
+    return RunSpec(
+        label=f"public.{name} {partition}",
+        assets=(dg.AssetKey(["public", name]),),
+        partition=partition,
+        table=f"public.{name}",
+        weight=rows,
+    )
+
+
+def test_small_tables_travel_several_to_a_run_and_each_reports_its_own_slice() -> None:
+    small = [_slice_run(f"t{i}", 100 + i) for i in range(14)]
+    big = _slice_run("big", 150_000)  # one slice, yet alone it fills a run
+    split = _slice_run("split", 250_000, partition="001-0badcafe")
+    runs = carry([split, big, *small])
+    assert [r.label for r in runs] == [split.label, big.label, f"14 small tables {WHOLE_TABLE_KEY}"]
+    carried = runs[-1]
+    assert [s.label for s in carried.slices] == [s.label for s in small]
+    assert carried.partition == WHOLE_TABLE_KEY
+    assert carried.assets == tuple(s.assets[0] for s in small)
+    assert carried.weight == sum(s.weight for s in small)
+    assert split.slices == (split,)
+
+
+def test_a_run_carries_at_most_its_share_of_rows() -> None:
+    tables = [_slice_run(f"t{i}", CARRY_ROWS // 3) for i in range(7)]
+    runs = carry(tables)
+    assert sorted(len(r.slices) for r in runs) == [2, 2, 3]
+    assert all(r.weight <= CARRY_ROWS for r in runs)
+    assert sum(r.weight for r in runs) == sum(t.weight for t in tables)
+    forced = [replace(t, force=True) for t in tables]
+    assert carry(forced) == forced  # a forced re-copy takes run config: one table a run

@@ -16,9 +16,9 @@ import pytest
 from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.devstack.stack import DevStack
-from migration_assets.plan import load_plan
+from migration_assets.plan import WHOLE_TABLE_KEY, load_plan
 from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
-from migration_assets_tests.faults import slow_down
+from migration_assets_tests.faults import refuse_copy, slow_down, speed_up
 from migration_assets_tests.helpers import (
     assert_equal_databases,
     cli_process,
@@ -429,4 +429,50 @@ def test_migrate_never_holds_more_target_connections_than_the_setting(
     assert len(samples) > 50, "the sampler barely ran"
     assert max(samples) <= 2, f"peak {max(samples)} connections, limit 2"
     assert max(samples) == 2, "two workers never copied at once: the limit was not exercised"
+    assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_small_tables_share_a_run_and_each_keeps_its_own_status(
+    migration: MigrationFactory,
+) -> None:
+    """Every table is one slice: one run copies them all, yet a table that fails is FAILED
+    alone (the others verified), and the next migrate redoes only it."""
+    m = migration()
+    _plan(m, "--split-above", "1000000000")
+    plan = load_plan(m.plan_path)
+    assert {k for t in plan.tables for k in t.partition_keys} == {WHOLE_TABLE_KEY}
+    alembic_upgrade(m.target_url, sslrootcert=str(m.ca_file), config_path=ALEMBIC_INI)
+    victim = next(t for t in plan.tables if t.name == "encounters")
+    refuse_copy(m.target_url, victim.qualified)
+
+    code, output = _migrate()
+    assert code == 1, output
+    assert f"FAILED {victim.qualified} {WHOLE_TABLE_KEY}" in output, output
+    assert f"{len(plan.tables) - 1} partition(s) copied and verified, 1 failed" in output, output
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    carried = instance.get_run_records(
+        filters=dg.RunsFilter(tags={"dagster/partition": WHOLE_TABLE_KEY})
+    )
+    assert len(carried) == 1, "the small tables did not share one run"
+    statuses = {
+        t.qualified: instance.get_status_by_partition(
+            dg.AssetKey(t.asset_path),
+            [WHOLE_TABLE_KEY],
+            dg.StaticPartitionsDefinition([WHOLE_TABLE_KEY]),
+        )
+        for t in plan.tables
+    }
+    assert {q: str(s[WHOLE_TABLE_KEY]) for q, s in statuses.items() if s} == {
+        t.qualified: "AssetPartitionStatus.FAILED"
+        if t is victim
+        else "AssetPartitionStatus.MATERIALIZED"
+        for t in plan.tables
+    }
+
+    speed_up(m.target_url, victim.qualified)
+    code, output = _migrate()
+    assert code == 0, output
+    assert f"1 partition(s) copied and verified, 0 failed, {len(plan.tables) - 1} already" in (
+        output
+    ), output
     assert_equal_databases(m.source_url, m.target_url)

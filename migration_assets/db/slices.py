@@ -127,6 +127,9 @@ def unsupported_encoding(encoding: str) -> str | None:
     )
 
 
+WHOLE_TABLE_FINGERPRINT = hashlib.sha256(b"whole table").hexdigest()[:16]
+
+
 class Strategy(StrEnum):
     RANGE = "range"
     HASH = "hash"
@@ -162,15 +165,18 @@ class SliceSpec:
         """Changes exactly when the rows this slice means could change (a re-plan): for a
         range slice its own two bounds, for a hash slice the bucket and their number. It is
         part of the partition key, so a re-planned slice is a new partition, missing in the
-        UI and in `status` until it is copied, and an unchanged one keeps its status."""
-        if self.strategy is Strategy.RANGE and self.partitions > 1:
+        UI and in `status` until it is copied, and an unchanged one keeps its status.
+
+        A table's only slice means every row, whatever its key: all such slices share one
+        key, so one run can carry several small tables (see `engine/work.py`)."""
+        if self.partitions <= 1 or self.strategy is Strategy.SINGLE:
+            return WHOLE_TABLE_FINGERPRINT
+        if self.strategy is Strategy.RANGE:
             lo = self.bounds[self.index - 1] if self.index > 0 else ""
             hi = self.bounds[self.index] if self.index < len(self.bounds) else ""
             meaning = [self.key_type or "", lo, hi]
-        elif self.strategy is Strategy.HASH and self.partitions > 1:
-            meaning = [str(self.partitions), str(self.index)]
         else:
-            meaning = []
+            meaning = [str(self.partitions), str(self.index)]
         text = "|".join([self.strategy, ",".join(self.key), *meaning])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -38,11 +38,11 @@ def run_inline(
     """Runs one after another in this process; stop once a database is unreachable."""
     outcomes = []
     for spec in specs:
-        outcome = session.execute(spec)
-        on_done(outcome)
-        outcomes.append(outcome)
-        if unreachable(outcome):
-            return outcomes, outcome.message
+        for outcome in _execute(session, spec):
+            on_done(outcome)
+            outcomes.append(outcome)
+            if unreachable(outcome):
+                return outcomes, outcome.message
     return outcomes, ""
 
 
@@ -54,7 +54,7 @@ class WorkerPool:
     def __init__(self, plan_path: Path, count: int) -> None:
         ctx = mp.get_context("spawn")
         self.todo: mp.Queue[RunSpec | None] = ctx.Queue()
-        self.done: mp.Queue[Outcome] = ctx.Queue()
+        self.done: mp.Queue[list[Outcome]] = ctx.Queue()
         self.stop = ctx.Event()
         env = dict(os.environ)
         self.procs = [
@@ -71,24 +71,28 @@ class WorkerPool:
     def run(
         self, specs: list[RunSpec], on_done: ProgressFn, *, session: Session | None = None
     ) -> tuple[list[Outcome], str]:
-        """Every spec once, by the workers and (with `session`) by this process as well."""
+        """Every spec once, by the workers and (with `session`) by this process as well;
+        an outcome per partition (a run of several small tables gives several)."""
         for spec in specs:
             self.todo.put(spec)
         for _ in range(len(self.procs) + (session is not None)):
             self.todo.put(None)  # one end marker per consumer
         outcomes: list[Outcome] = []
         aborted = ""
+        finished = 0  # runs, where outcomes counts partitions
 
-        def take(outcome: Outcome) -> None:
-            nonlocal aborted
-            outcomes.append(outcome)
-            on_done(outcome)
-            if unreachable(outcome) and not aborted:
-                aborted = outcome.message
-                self.stop.set()
+        def take(results: list[Outcome]) -> None:
+            nonlocal aborted, finished
+            finished += 1
+            for outcome in results:
+                outcomes.append(outcome)
+                on_done(outcome)
+                if unreachable(outcome) and not aborted:
+                    aborted = outcome.message
+                    self.stop.set()
 
         mine = session
-        while len(outcomes) < len(specs):
+        while finished < len(specs):
             if mine is not None and not self.stop.is_set():
                 item = self.todo.get()
                 if item is None:
@@ -99,12 +103,12 @@ class WorkerPool:
                     take(self.done.get())
                 continue
             try:
-                outcome = self.done.get(timeout=1.0)
+                results = self.done.get(timeout=1.0)
             except Empty:
                 if not any(p.is_alive() for p in self.procs):
                     break
                 continue
-            take(outcome)
+            take(results)
         if not aborted:
             _report_lost(specs, outcomes, on_done)
         return outcomes, aborted
@@ -128,7 +132,7 @@ class WorkerPool:
 def _report_lost(specs: list[RunSpec], outcomes: list[Outcome], on_done: ProgressFn) -> None:
     """A worker that died took its run with it: report it, never hide it."""
     finished = {o.spec.label for o in outcomes}
-    for spec in specs:
+    for spec in (s for run in specs for s in run.slices):
         if spec.label not in finished:
             lost = Outcome(spec, False, 0, 0.0, "the worker process died during this run")
             outcomes.append(lost)
@@ -154,8 +158,8 @@ def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any
         done.put(_execute(session, spec))
 
 
-def _execute(session: Session, spec: RunSpec) -> Outcome:
+def _execute(session: Session, spec: RunSpec) -> list[Outcome]:
     try:
-        return session.execute(spec)
+        return session.execute_each(spec)
     except Exception as exc:  # never let one run take a worker (or the pool's owner) down
-        return Outcome(spec, False, 0, 0.0, safe_message(exc))
+        return [Outcome(s, False, 0, 0.0, safe_message(exc)) for s in spec.slices]

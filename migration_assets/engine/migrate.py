@@ -19,7 +19,13 @@ from migration_assets.engine.home import apply_pool_limit
 from migration_assets.engine.local import ProgressFn, WorkerPool, run_inline
 from migration_assets.engine.session import Outcome, Session
 from migration_assets.engine.timer import Timer
-from migration_assets.engine.work import head_run, partition_statuses, slice_runs, tail_run
+from migration_assets.engine.work import (
+    carry,
+    head_run,
+    partition_statuses,
+    slice_runs,
+    tail_run,
+)
 
 RELOOK_SECONDS = 0.5  # longer than the pause between two runs of one migration
 
@@ -117,8 +123,10 @@ def migrate(
             runs, report.skipped_partitions = slice_runs(
                 session.plan, statuses, every=resync, force=force, redo=redo
             )
+            runs = carry(runs)
         pool = None
-        if workers > 1 and len(runs) > 1:  # this process is one of the `workers`
+        if workers > 1 and len(runs) > 1:  # this process is one of the `workers`; a worker
+            # costs seconds to start, worth it only for more than one run
             pool = WorkerPool(session.plan_path, workers - 1)  # imports overlap the schema run
             stack.callback(pool.close)
         with report.phase("preflight and schema"):
@@ -128,7 +136,7 @@ def migrate(
         if not head.ok:
             report.seconds = time.perf_counter() - started
             return report
-        on_start(len(runs), report.skipped_partitions)
+        on_start(sum(len(r.slices) for r in runs), report.skipped_partitions)
         with report.phase("partitions"):
             if pool is not None:
                 report.outcomes, report.aborted = pool.run(runs, on_done, session=session)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
 
@@ -94,21 +94,23 @@ class Session:
         """One run, summarised for progress and the final report."""
         started = time.perf_counter()
         result = self.materialize(spec, run_config)
-        failures = blocking_failures(result)
-        audit = _audit(result)
-        return Outcome(
-            spec=spec,
-            ok=result.success and not failures,
-            rows=_count(result, "rows"),
-            seconds=time.perf_counter() - started,
-            message="" if result.success and not failures else describe_failure(result),
-            run_id=result.run_id,
-            copied=_copied(result),
-            indexes_rebuilt=_count(result, "indexes_rebuilt"),
-            crashed=not result.success and crashed(result),
-            audit=audit.get("markdown", ""),
-            audit_complete=audit.get("complete") == "True",
-        )
+        return summarize(spec, result, time.perf_counter() - started)
+
+    def execute_each(self, spec: RunSpec) -> list[Outcome]:
+        """One run, summarised per partition it carries: a run of several small tables
+        reports each table's slice as its own run would (its partition status is its own)."""
+        if not spec.members:
+            return [self.execute(spec)]
+        started = time.perf_counter()
+        result = self.materialize(spec)
+        share = (time.perf_counter() - started) / len(spec.members)
+        return [
+            summarize(member, StepResult.of(result, self._step_key(member)), share)
+            for member in spec.members
+        ]
+
+    def _step_key(self, spec: RunSpec) -> str:
+        return self.defs.resolve_assets_def(spec.assets[0]).op.name
 
     def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
         """Every separately executable check (or those of `tables`), in one recorded run."""
@@ -132,7 +134,66 @@ class Session:
         return {"ops": {op: {"config": {"force": True}}}}
 
 
-def blocking_failures(result: dg.ExecuteInProcessResult) -> list[Any]:
+class RunResult(Protocol):
+    """What a summary reads of a run: Dagster's result, or one step's share of it."""
+
+    @property
+    def success(self) -> bool: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def all_events(self) -> Sequence[dg.DagsterEvent]: ...
+    def get_asset_check_evaluations(self) -> Sequence[Any]: ...
+    def get_asset_materialization_events(self) -> Sequence[dg.DagsterEvent]: ...
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of a run of several: its events only, and whether it (not the run) failed."""
+
+    run_id: str
+    all_events: Sequence[dg.DagsterEvent]
+
+    @classmethod
+    def of(cls, result: dg.ExecuteInProcessResult, step_key: str) -> StepResult:
+        return cls(result.run_id, [e for e in result.all_events if e.step_key == step_key])
+
+    @property
+    def success(self) -> bool:
+        done = any(e.is_step_success for e in self.all_events)
+        return done and not any(e.is_step_failure for e in self.all_events)
+
+    def get_asset_check_evaluations(self) -> Sequence[Any]:
+        return [
+            e.event_specific_data
+            for e in self.all_events
+            if e.event_type_value == dg.DagsterEventType.ASSET_CHECK_EVALUATION.value
+        ]
+
+    def get_asset_materialization_events(self) -> Sequence[dg.DagsterEvent]:
+        return [e for e in self.all_events if e.is_step_materialization]
+
+
+def summarize(spec: RunSpec, result: RunResult, seconds: float) -> Outcome:
+    """A run (or one step's share of it) as progress and the final report need it."""
+    failures = blocking_failures(result)
+    audit = _audit(result)
+    return Outcome(
+        spec=spec,
+        ok=result.success and not failures,
+        rows=_count(result, "rows"),
+        seconds=seconds,
+        message="" if result.success and not failures else describe_failure(result),
+        run_id=result.run_id,
+        copied=_copied(result),
+        indexes_rebuilt=_count(result, "indexes_rebuilt"),
+        crashed=not result.success and crashed(result),
+        audit=audit.get("markdown", ""),
+        audit_complete=audit.get("complete") == "True",
+    )
+
+
+def blocking_failures(result: RunResult) -> list[Any]:
     """Check evaluations that failed with ERROR severity (WARN is advisory). The audit
     report's verdict is not one: it records the others (and whole-table checks not yet run),
     it does not judge the run that wrote it."""
@@ -145,7 +206,7 @@ def blocking_failures(result: dg.ExecuteInProcessResult) -> list[Any]:
     ]
 
 
-def crashed(result: dg.ExecuteInProcessResult) -> bool:
+def crashed(result: RunResult) -> bool:
     return raised(result.all_events)
 
 
@@ -160,7 +221,7 @@ def raised(events: Iterable[dg.DagsterEvent]) -> bool:
     return False
 
 
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
+def failure_message(result: RunResult) -> str:
     return failure_text(result.all_events)
 
 
@@ -176,7 +237,7 @@ def failure_text(events: Iterable[dg.DagsterEvent]) -> str:
     return "the run failed (see the Dagster UI for the run's events)"
 
 
-def describe_failure(result: dg.ExecuteInProcessResult) -> str:
+def describe_failure(result: RunResult) -> str:
     """The failed checks of a run, each with what its metadata says, else the step's error."""
     lines = []
     for evaluation in blocking_failures(result):
@@ -188,7 +249,7 @@ def describe_failure(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(lines)
 
 
-def _count(result: dg.ExecuteInProcessResult, key: str) -> int:
+def _count(result: RunResult, key: str) -> int:
     """A number the run's materializations recorded, summed over them."""
     return sum(
         int(meta_text(e.materialization.metadata, key, "0") or 0)
@@ -196,7 +257,7 @@ def _count(result: dg.ExecuteInProcessResult, key: str) -> int:
     )
 
 
-def _audit(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+def _audit(result: RunResult) -> dict[str, str]:
     """Where the run's audit report went and its verdict, as the asset recorded them."""
     for event in result.get_asset_materialization_events():
         if event.asset_key == REPORT_KEY:
@@ -205,7 +266,7 @@ def _audit(result: dg.ExecuteInProcessResult) -> dict[str, str]:
     return {}
 
 
-def _copied(result: dg.ExecuteInProcessResult) -> bool:
+def _copied(result: RunResult) -> bool:
     return all(
         meta_text(e.materialization.metadata, "copied", "True") == "True"
         for e in result.get_asset_materialization_events()

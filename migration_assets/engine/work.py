@@ -1,8 +1,10 @@
 """Which runs of the graph are due, in the order a UI "Materialize all" backfill runs them.
 
 head: the preflight and the schema (with its blocking checks), in one run;
-body: one run per table partition that is not verified (missing or failed; with `every`,
-      all of them, each of which re-copies only if its slice differs);
+body: a run per table partition that is not verified (missing or failed; with `every`,
+      all of them, each of which re-copies only if its slice differs); small tables, whose
+      one slice shares its partition key with every other table's only slice, travel
+      several to a run (`carry`), each still its own verified asset partition;
 tail: the index rebuild, the sequences (with the readiness checks) and the audit report, in
       one run: the report is the graph's last asset, so every path ends with it.
 Partition keys carry each slice's fingerprint, so a re-planned slice is a new, missing key.
@@ -22,7 +24,7 @@ from migration_assets.defs.keys import (
     SCHEMA_KEY,
     SEQUENCES_KEY,
 )
-from migration_assets.plan import MigrationPlan, TablePlan
+from migration_assets.plan import WHOLE_TABLE_KEY, MigrationPlan, TablePlan
 
 HEAD = (PREFLIGHT_KEY, SCHEMA_KEY)
 TAIL = (INDEXES_KEY, SEQUENCES_KEY, REPORT_KEY)
@@ -53,6 +55,12 @@ class RunSpec:
     force: bool = False
     weight: int = 0
     checks: frozenset[dg.AssetCheckKey] = frozenset()  # a check-only run (verify)
+    members: tuple[RunSpec, ...] = ()  # the one-slice tables a `carry` run materializes
+
+    @property
+    def slices(self) -> tuple[RunSpec, ...]:
+        """The partition runs this run stands for: its members, or itself."""
+        return self.members or (self,)
 
 
 def partition_statuses(
@@ -104,7 +112,49 @@ def slice_run(table: TablePlan, partition: str, *, force: bool = False) -> RunSp
         partition=partition,
         table=table.qualified,
         force=force,
-        weight=max(1, table.row_estimate // max(1, table.slicing.partitions)),
+        weight=max(1, table.rows_per_slice),
+    )
+
+
+CARRY_ROWS = 100_000  # rows (estimated) one run carries at most: what a crash may lose
+CARRY_TABLES = 50  # steps a run carries at most: its page in the UI stays readable
+
+
+def carry(runs: list[RunSpec]) -> list[RunSpec]:
+    """Whole-table slices of small tables, several to a run; other runs as they were.
+
+    A run costs about 0.4 s of Dagster bookkeeping, a small table's copy a few milliseconds.
+    Every table's only slice has the same partition key, so one run of the asset job can
+    materialize several such tables, each recording its own partition status and checks,
+    as a UI backfill of that key would. A run carries up to CARRY_ROWS rows: that much
+    (a second or two of copying) is what a crash mid-run may have to redo.
+    """
+    small = [
+        r for r in runs if r.partition == WHOLE_TABLE_KEY and not r.force and r.weight < CARRY_ROWS
+    ]
+    if len(small) < 2:
+        return runs
+    count = max(-(-_rows(small) // CARRY_ROWS), -(-len(small) // CARRY_TABLES))
+    batches: list[list[RunSpec]] = [[] for _ in range(count)]
+    for run in small:  # largest first, as given: each to the lightest run so far
+        min(batches, key=lambda b: (_rows(b), len(b))).append(run)
+    rest = [r for r in runs if r not in small]
+    return sorted(rest + [_carrier(b) for b in batches], key=lambda r: -r.weight)
+
+
+def _rows(batch: list[RunSpec]) -> int:
+    return sum(r.weight for r in batch)
+
+
+def _carrier(batch: list[RunSpec]) -> RunSpec:
+    if len(batch) == 1:
+        return batch[0]
+    return RunSpec(
+        label=f"{len(batch)} small tables {WHOLE_TABLE_KEY}",
+        assets=tuple(a for r in batch for a in r.assets),
+        partition=WHOLE_TABLE_KEY,
+        weight=_rows(batch),
+        members=tuple(batch),
     )
 
 
