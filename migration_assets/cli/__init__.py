@@ -6,8 +6,11 @@ Exit codes: 0 everything verified; 1 something did not verify (details printed);
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import psycopg
 
@@ -49,3 +52,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted: partitions in flight were rolled back; run `migrate` again")
         return 130
+
+
+# Commands that start no servers and leave nothing for exit handlers to do: their runs are
+# recorded, their workers joined and their connections closed before `main` returns.
+QUICK_EXIT = frozenset({"plan", "migrate", "cutover", "status", "verify", "report", "locate"})
+
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The console script. Tearing down an interpreter with Dagster loaded takes most of a
+    second (measured: 0.9 s of a 9 s no-op re-run), so the commands above leave without it,
+    once their output is flushed."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = main(args)
+    if args and args[0] in QUICK_EXIT:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

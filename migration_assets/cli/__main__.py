@@ -1,5 +1,3 @@
-import sys
+from migration_assets.cli import run
 
-from migration_assets.cli import main
-
-sys.exit(main())
+run()
