@@ -16,6 +16,7 @@ from migration_assets.defs.keys import (
     PLAN_MATCHES_SOURCE,
     RLS_ENABLED,
     SCHEMA_KEY,
+    SEQUENCES_KEY,
 )
 from migration_assets.engine.session import Session
 from migration_assets.plan import load_plan, save_plan
@@ -146,6 +147,14 @@ def test_loaded_tables_are_analyzed_before_the_readiness_check(
             [[t.qualified for t in plan.tables]],
         ).fetchone()
     assert never == (0,), "a migrated table has no statistics of ours"
+    code, output = run_cli(["migrate", "--workers", "1"])  # nothing moved: nothing re-sampled
+    assert code == 0, output
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    latest = instance.get_latest_materialization_event(SEQUENCES_KEY)
+    assert latest is not None
+    assert latest.asset_materialization is not None
+    meta = {k: getattr(v, "value", v) for k, v in latest.asset_materialization.metadata.items()}
+    assert (meta["analyzed_now"], meta["tables_analyzed"]) == (0, len(plan.tables)), meta
 
     code, output = run_cli(["verify"])
     assert code == 0, output
