@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import dagster as dg
 import pytest
@@ -12,6 +14,8 @@ from migration_assets.db.errors import VALUE_MASK, mask_values
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import TABLE_CHECKSUM
+from migration_assets.engine.migrate import _active_within
+from migration_assets.engine.session import Session
 from migration_assets.engine.work import CARRY_ROWS, RunSpec, Status, carry, slice_runs
 from migration_assets.plan import (
     DEFAULT_MIN_PARTITIONS,
@@ -179,3 +183,23 @@ def test_a_run_carries_at_most_its_share_of_rows() -> None:
     assert sum(r.weight for r in runs) == sum(t.weight for t in tables)
     forced = [replace(t, force=True) for t in tables]
     assert carry(forced) == forced  # a forced re-copy takes run config: one table a run
+
+
+def test_a_second_look_for_other_migrations_only_after_recent_runs() -> None:
+    """The pause between two runs of another migration is short: only a run that started or
+    ended just now makes an empty first look worth repeating."""
+
+    @dg.op
+    def noop() -> None:
+        pass
+
+    @dg.job
+    def one_run() -> None:
+        noop()
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        session = cast(Session, SimpleNamespace(instance=instance))
+        assert not _active_within(session, 5.0)  # nothing ever ran
+        assert one_run.execute_in_process(instance=instance).success
+        assert _active_within(session, 5.0)
+        assert not _active_within(session, 0.0)

@@ -9,6 +9,7 @@ runs (missing and failed partitions; `--resync`: all, each re-copied only if it 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from migration_assets.engine.work import (
 )
 
 RELOOK_SECONDS = 0.5  # longer than the pause between two runs of one migration
+QUIET_SECONDS = 5.0  # no run started or ended for this long: no migration is mid-way
 
 
 @dataclass
@@ -74,7 +76,7 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
     flight, so an empty first look is repeated once before it counts."""
     deadline = time.monotonic() + wait
     first = _beats(session)
-    if not first:
+    if not first and _active_within(session, QUIET_SECONDS):
         time.sleep(RELOOK_SECONDS)
         first = _beats(session)
     reaped: set[str] = set()
@@ -93,6 +95,20 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
             break
         time.sleep(1.0)
     return len(reaped)
+
+
+def _active_within(session: Session, seconds: float) -> bool:
+    """Did any run start or end in the last `seconds`? If none did, no migration is between
+    two of its runs, and the first look needs no second."""
+    newest = session.instance.get_run_records(limit=1)
+    if not newest:
+        return False
+    record = newest[0]
+    created = record.create_timestamp
+    if created.tzinfo is None:  # storage gives UTC, sometimes without saying so
+        created = created.replace(tzinfo=dt.UTC)
+    last = max(record.end_time or 0.0, record.start_time or 0.0, created.timestamp())
+    return time.time() - last < seconds
 
 
 def _beats(session: Session) -> dict[str, float | None]:
