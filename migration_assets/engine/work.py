@@ -116,7 +116,7 @@ def slice_run(table: TablePlan, partition: str, *, force: bool = False) -> RunSp
     )
 
 
-CARRY_ROWS = 100_000  # rows (estimated) one run carries at most: what a crash may lose
+CARRY_ROWS = 100_000  # rows (estimated) one run carries, about: what a crash may lose
 CARRY_TABLES = 50  # steps a run carries at most: its page in the UI stays readable
 
 
@@ -126,8 +126,9 @@ def carry(runs: list[RunSpec]) -> list[RunSpec]:
     A run costs about 0.4 s of Dagster bookkeeping, a small table's copy a few milliseconds.
     Every table's only slice has the same partition key, so one run of the asset job can
     materialize several such tables, each recording its own partition status and checks,
-    as a UI backfill of that key would. A run carries up to CARRY_ROWS rows: that much
-    (a second or two of copying) is what a crash mid-run may have to redo.
+    as a UI backfill of that key would. A run carries about CARRY_ROWS rows (each table goes
+    to the lightest run, so one may hold a table more): that much, a second or two of
+    copying, is what a crash mid-run may have to redo.
     """
     small = [
         r for r in runs if r.partition == WHOLE_TABLE_KEY and not r.force and r.weight < CARRY_ROWS
