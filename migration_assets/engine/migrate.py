@@ -73,7 +73,7 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
 
     Alive is any sign of life while we watch: a heartbeat that moves, a run that ends without
     us failing it, or a new run. Between two short runs of another migration nothing may be in
-    flight, so an empty first look is repeated once before it counts."""
+    flight, so an empty first look is repeated once, if a run started or ended just now."""
     deadline = time.monotonic() + wait
     first = _beats(session)
     if not first and _active_within(session, QUIET_SECONDS):
