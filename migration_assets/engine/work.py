@@ -130,16 +130,20 @@ def carry(runs: list[RunSpec]) -> list[RunSpec]:
     to the lightest run, so one may hold a table more): that much, a second or two of
     copying, is what a crash mid-run may have to redo.
     """
-    small = [
-        r for r in runs if r.partition == WHOLE_TABLE_KEY and not r.force and r.weight < CARRY_ROWS
-    ]
+    small: list[RunSpec] = []
+    rest: list[RunSpec] = []
+    for run in runs:
+        packable = run.partition == WHOLE_TABLE_KEY and not run.force and run.weight < CARRY_ROWS
+        (small if packable else rest).append(run)
     if len(small) < 2:
         return runs
     count = max(-(-_rows(small) // CARRY_ROWS), -(-len(small) // CARRY_TABLES))
     batches: list[list[RunSpec]] = [[] for _ in range(count)]
+    loads = [(0, 0)] * count  # (rows, tables) of each batch so far
     for run in small:  # largest first, as given: each to the lightest run so far
-        min(batches, key=lambda b: (_rows(b), len(b))).append(run)
-    rest = [r for r in runs if r not in small]
+        i = min(range(count), key=loads.__getitem__)
+        batches[i].append(run)
+        loads[i] = (loads[i][0] + run.weight, loads[i][1] + 1)
     return sorted(rest + [_carrier(b) for b in batches], key=lambda r: -r.weight)
 
 
