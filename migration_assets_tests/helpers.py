@@ -15,6 +15,8 @@ import psycopg
 from psycopg import sql
 
 SCHEMAS = ("public", "reference")
+# Small slices: the seeded clinic's bigger tables split into several partitions each.
+PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 PINS = "SET TimeZone TO 'UTC'; SET DateStyle TO 'ISO'; SET extra_float_digits TO 3"
 
 
@@ -76,6 +78,14 @@ def run_cli(args: Sequence[str]) -> tuple[int, str]:
     with redirect_stdout(buffer), redirect_stderr(buffer):
         code = main(list(args))
     return code, buffer.getvalue()
+
+
+def plan_and_migrate(plan_path: Path, *, workers: int) -> None:
+    """The split plan written to `plan_path`, then one `migrate` that must succeed."""
+    code, output = run_cli(["plan", "--out", str(plan_path), *PLAN_ARGS])
+    assert code == 0, output
+    code, output = run_cli(["migrate", "--workers", str(workers)])
+    assert code == 0, output
 
 
 def cli_process(args: Sequence[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:

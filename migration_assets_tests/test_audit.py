@@ -25,19 +25,14 @@ from migration_assets.engine.session import Session
 from migration_assets.engine.work import slice_run
 from migration_assets.settings import load_settings
 from migration_assets_tests.conftest import Migration, MigrationFactory
-from migration_assets_tests.helpers import run_cli
+from migration_assets_tests.helpers import plan_and_migrate, run_cli
 
 pytestmark = pytest.mark.integration
-
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 
 
 def _migrated(migration: MigrationFactory) -> Migration:
     m = migration()
-    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
-    assert code == 0, output
-    code, output = run_cli(["migrate", "--workers", "1"])
-    assert code == 0, output
+    plan_and_migrate(m.plan_path, workers=1)
     return m
 
 

@@ -14,11 +14,9 @@ from migration_assets.devstack.cluster import PostgresServer, free_port
 from migration_assets.devstack.stack import DevStack
 from migration_assets.devstack.tls import make_ca, write_server_cert
 from migration_assets_tests.conftest import Databases, Migration, MigrationFactory, unique
-from migration_assets_tests.helpers import run_cli
+from migration_assets_tests.helpers import PLAN_ARGS, run_cli
 
 pytestmark = pytest.mark.integration
-
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 
 
 def _user_tables(url: str) -> int:

@@ -18,15 +18,15 @@ from migration_assets.db.freeze import is_frozen
 from migration_assets.devstack.standin import StandIn, assert_journal_on
 from migration_assets_tests.conftest import Migration, MigrationFactory
 from migration_assets_tests.helpers import (
+    PLAN_ARGS,
     assert_equal_databases,
     cli_process,
+    plan_and_migrate,
     readme_engine_queries,
     run_cli,
 )
 
 pytestmark = pytest.mark.integration
-
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 
 
 def _source_frozen(m: Migration) -> bool:
@@ -99,10 +99,7 @@ def test_cutover_with_the_app_writing_loses_no_acknowledged_write(
 
 
 def _plan_and_migrate(m: Migration) -> None:
-    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
-    assert code == 0, output
-    code, output = run_cli(["migrate", "--workers", "2"])
-    assert code == 0, output
+    plan_and_migrate(m.plan_path, workers=2)
     run_cli(["verify"])  # the app's writes make whole tables differ meanwhile: no matter
 
 

@@ -30,11 +30,10 @@ from migration_assets_tests.faults import (
     speed_up,
     wait_for_copy,
 )
-from migration_assets_tests.helpers import assert_equal_databases, cli_process, run_cli
+from migration_assets_tests.helpers import PLAN_ARGS, assert_equal_databases, cli_process, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 SLOW_TABLE = "public.observations"
 
 

@@ -24,11 +24,10 @@ from migration_assets.db.slices import SliceSpec, text_bytes
 from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
 from migration_assets.plan import load_plan
 from migration_assets_tests.conftest import Databases, Migration, MigrationFactory, unique
-from migration_assets_tests.helpers import PINS, run_cli
+from migration_assets_tests.helpers import PINS, PLAN_ARGS, run_cli
 
 pytestmark = pytest.mark.integration
 
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 
 INHERITANCE_SCHEMA = """
 CREATE SCHEMA wards;

@@ -20,6 +20,7 @@ from migration_assets.plan import WHOLE_TABLE_KEY, load_plan
 from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
 from migration_assets_tests.faults import refuse_copy, slow_down, speed_up
 from migration_assets_tests.helpers import (
+    PLAN_ARGS,
     assert_equal_databases,
     cli_process,
     row_locations,
@@ -27,8 +28,6 @@ from migration_assets_tests.helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 
 
 def _plan(m: Migration, *extra: str) -> None:

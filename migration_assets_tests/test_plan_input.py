@@ -23,9 +23,8 @@ from migration_assets.plan import PlanError, load_plan
 from migration_assets.planner import build_plan
 from migration_assets.settings import SETTING_NAMES, load_settings
 from migration_assets_tests.conftest import REPO_ROOT, Databases, Migration, MigrationFactory
-from migration_assets_tests.helpers import run_cli
+from migration_assets_tests.helpers import PLAN_ARGS, run_cli
 
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 HOSTILE = "int; DROP TABLE x"
 
 

@@ -41,13 +41,18 @@ from migration_assets_tests.conftest import (
     unique,
 )
 from migration_assets_tests.faults import slow_down, speed_up, wait_for_copy
-from migration_assets_tests.helpers import assert_equal_databases, cli_process, run_cli, user_tables
+from migration_assets_tests.helpers import (
+    PLAN_ARGS,
+    assert_equal_databases,
+    cli_process,
+    run_cli,
+    user_tables,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Each run is a process that imports Dagster and loads the code location: about 10 s on this
 # 2-core machine, so a few slices per big table (150 rows per slice made 34 runs, > 7 min).
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 YAML_POOL_LIMIT = 4  # the instance's default; the setting below must win over it
 MIGRATION_APP = "migration_assets"
 SLOW_TABLE = "public.observations"

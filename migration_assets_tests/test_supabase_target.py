@@ -23,11 +23,10 @@ from migration_assets.plan import load_plan
 from migration_assets.settings import SettingsError, load_settings
 from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
 from migration_assets_tests.faults import slow_down, speed_up
-from migration_assets_tests.helpers import assert_equal_databases, cli_process, run_cli
+from migration_assets_tests.helpers import PLAN_ARGS, assert_equal_databases, cli_process, run_cli
 
 pytestmark = pytest.mark.integration
 
-PLAN_ARGS = ["--rows-per-partition", "800", "--split-above", "300", "--min-partitions", "3"]
 SLOW_TABLE = "public.patients"  # 300 seeded rows: at 10 ms a row, a slice takes seconds
 SLOW_SECONDS_PER_ROW = 0.01
 LOST = "connection was lost"
