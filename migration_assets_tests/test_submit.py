@@ -51,8 +51,9 @@ from migration_assets_tests.helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# Each run is a process that imports Dagster and loads the code location: about 10 s on this
-# 2-core machine, so a few slices per big table (150 rows per slice made 34 runs, > 7 min).
+# PLAN_ARGS keeps to a few slices per big table: each run is a process that imports Dagster
+# and loads the code location, about 10 s on this 2-core machine (150 rows per slice made
+# 34 runs, > 7 min).
 YAML_POOL_LIMIT = 4  # the instance's default; the setting below must win over it
 MIGRATION_APP = "migration_assets"
 SLOW_TABLE = "public.observations"
