@@ -103,6 +103,12 @@ def test_dagster_names_are_valid_stable_and_distinct() -> None:
         ('invalid input syntax for type uuid: "Zoë Müller"', "Zoë Müller"),
         ("invalid input syntax for type integer: abc123", "abc123"),
         ("date too small (before year 1): '-infinity'", "-infinity"),
+        ('invalid byte sequence for encoding "UTF8": 0xc3 0x28', "0xc3 0x28"),
+        (
+            'character with byte sequence 0xe2 0x80 0x9c in encoding "UTF8" has no '
+            'equivalent in encoding "LATIN1"',
+            "0x9c",
+        ),
     ],
 )
 def test_row_values_are_masked_in_error_text(raw: str, leak: str) -> None:

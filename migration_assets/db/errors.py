@@ -26,6 +26,9 @@ _TRAILING_VALUE = re.compile(
 )
 _KEY_VALUE = re.compile(r"\(([^()]*)\)=\((?:[^()]|\([^()]*\))*\)")
 _TRAILING_BARE = re.compile(r"(invalid input syntax for type [\w ]+|input is out of range):.*$")
+# "invalid byte sequence for encoding "UTF8": 0xc3 0x28" (22021), "character with byte
+# sequence 0xe2 0x80 0x9c in encoding ..." (22P05): the bytes are a piece of the value.
+_BYTES = re.compile(r"0x[0-9a-fA-F]{2}(?:\s+0x[0-9a-fA-F]{2})*")
 
 
 class MigrationError(Exception):
@@ -96,6 +99,7 @@ def cancel_hint(exc: BaseException) -> str | None:
 def mask_values(text: str) -> str:
     text = _KEY_VALUE.sub(lambda m: f"({m.group(1)})=({VALUE_MASK})", text)
     text = _TRAILING_VALUE.sub(f': "{VALUE_MASK}"', text)
+    text = _BYTES.sub(VALUE_MASK, text)
     return _TRAILING_BARE.sub(lambda m: f"{m.group(1)}: {VALUE_MASK}", text)
 
 
