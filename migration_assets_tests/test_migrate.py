@@ -15,6 +15,7 @@ import pytest
 
 from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
+from migration_assets.defs.keys import SLICE_CHECKSUM, SLICE_ROW_COUNT
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import WHOLE_TABLE_KEY, load_plan
 from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
@@ -453,6 +454,13 @@ def test_small_tables_share_a_run_and_each_keeps_its_own_status(
         filters=dg.RunsFilter(tags={"dagster/partition": WHOLE_TABLE_KEY})
     )
     assert len(carried) == 1, "the small tables did not share one run"
+    planned = instance.all_logs(
+        carried[0].dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED
+    )
+    names = {e.get_dagster_event().asset_check_planned_data.check_name for e in planned}
+    # each slice's own checks, not the whole-table ones that only `verify` can judge
+    assert names == {SLICE_ROW_COUNT, SLICE_CHECKSUM}, names
+    assert len(planned) == 2 * len(plan.tables)
     statuses = {
         t.qualified: instance.get_status_by_partition(
             dg.AssetKey(t.asset_path),

@@ -76,10 +76,9 @@ class Session:
         recorded in the instance like any other; never raises for a failed step."""
         job = self.job
         selection: list[dg.AssetKey] | None = list(spec.assets)
-        if spec.checks:
-            job = job.get_subset(
-                asset_selection=set(spec.assets), asset_check_selection=set(spec.checks)
-            )
+        checks = spec.checks or (self._slice_checks(spec) if spec.partition else frozenset())
+        if checks:
+            job = job.get_subset(asset_selection=set(spec.assets), asset_check_selection=checks)
             selection = None
         return job.execute_in_process(
             instance=self.instance,
@@ -108,6 +107,17 @@ class Session:
             summarize(member, StepResult.of(result, self._step_key(member)), share)
             for member in spec.members
         ]
+
+    def _slice_checks(self, spec: RunSpec) -> frozenset[dg.AssetCheckKey]:
+        """A partition run's checks: each slice's own, which its asset's step evaluates.
+
+        Selecting a table asset also selects its whole-table checks, and in a partition run
+        they only log that they wait for the whole table (`verify` runs them): 14 tables
+        made 14 such steps and 126 of the run's 259 events, half of its Dagster time. A UI
+        backfill still plans them there; they end the same way, not evaluated."""
+        return frozenset(
+            key for asset in spec.assets for key in self.defs.resolve_assets_def(asset).check_keys
+        )
 
     def _step_key(self, spec: RunSpec) -> str:
         return self.defs.resolve_assets_def(spec.assets[0]).op.name
