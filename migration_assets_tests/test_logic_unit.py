@@ -181,6 +181,14 @@ def test_small_tables_travel_several_to_a_run_and_each_reports_its_own_slice() -
     assert split.slices == (split,)
 
 
+def test_small_tables_spread_over_the_runs_that_go_at_once() -> None:
+    small = [_slice_run(f"t{i}", 100 + i) for i in range(14)]
+    runs = carry(small, lanes=2)
+    assert sorted(len(r.slices) for r in runs) == [7, 7]
+    assert sorted(s.label for r in runs for s in r.slices) == sorted(s.label for s in small)
+    assert carry(small[:1], lanes=2) == small[:1]
+
+
 def test_a_run_carries_at_most_its_share_of_rows() -> None:
     tables = [_slice_run(f"t{i}", CARRY_ROWS // 3) for i in range(7)]
     runs = carry(tables)

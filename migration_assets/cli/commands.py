@@ -53,23 +53,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from migration_assets.engine.migrate import migrate
-
-    session = open_session(args)
     if args.submit:
-        return _submit(session, args)
+        return _submit(open_session(args), args)
+    from migration_assets.engine.migrate import migrate, start_workers
+    from migration_assets.engine.session import Session
+
+    settings = load_settings(args.env_file)
+    plan_path = settings.plan_path(args.plan)
+    pool = start_workers(settings, plan_path, args.workers)
     progress = MigrateProgress()
     try:
         report = migrate(
-            session,
+            Session.open(settings, plan_path),
             workers=args.workers,
             force=args.force,
             resync=args.resync,
             on_start=progress.start,
             on_done=progress.done,
+            pool=pool,
         )
     finally:
         progress.stop()
+        if pool is not None:
+            pool.close()
     return print_migrate(report)
 
 

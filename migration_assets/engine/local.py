@@ -10,7 +10,9 @@ missed heartbeat then fails.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import importlib
 import multiprocessing as mp
 import os
 import signal
@@ -47,26 +49,33 @@ def run_inline(
 
 
 class WorkerPool:
-    """Worker processes started early, so importing Dagster overlaps the schema run. The
-    process that owns the pool executes runs too: `workers` concurrent runs need only
-    `workers - 1` more interpreters (each ~135 MB and ~2.5 CPU seconds of imports)."""
+    """Worker processes started early, so importing Dagster overlaps this process's own
+    start and the schema run. The process that owns the pool executes runs too: `workers`
+    concurrent runs need only `workers - 1` more interpreters (each ~135 MB and about a
+    second of imports). A worker opens the instance only once released (`release`): two
+    first opens of an empty Dagster storage would race to create its tables."""
 
     def __init__(self, plan_path: Path, count: int) -> None:
         ctx = mp.get_context("spawn")
         self.todo: mp.Queue[RunSpec | None] = ctx.Queue()
         self.done: mp.Queue[list[Outcome]] = ctx.Queue()
         self.stop = ctx.Event()
+        self.go = ctx.Event()
         env = dict(os.environ)
         self.procs = [
             ctx.Process(
                 target=_worker,
-                args=(str(plan_path), env, self.todo, self.done, self.stop),
+                args=(str(plan_path), env, self.todo, self.done, self.stop, self.go),
                 daemon=True,
             )
             for _ in range(count)
         ]
         for proc in self.procs:
             proc.start()
+
+    def release(self) -> None:
+        """This process has opened the instance, so its storage exists: workers may open it."""
+        self.go.set()
 
     def run(
         self, specs: list[RunSpec], on_done: ProgressFn, *, session: Session | None = None
@@ -114,13 +123,11 @@ class WorkerPool:
         return outcomes, aborted
 
     def close(self) -> None:
-        """Idle workers are terminated rather than joined: every outcome is already in hand,
-        and a worker's interpreter teardown (Dagster loaded) costs most of a second."""
+        """Workers are terminated, not asked to leave: every outcome is already in hand (or
+        the migration is stopping), and a worker's interpreter teardown (Dagster loaded)
+        costs most of a second. Waiting 0.2 s for a clean exit cost every migrate 0.2 s."""
         self.stop.set()
-        for _ in self.procs:
-            self.todo.put(None)
         for proc in self.procs:
-            proc.join(timeout=0.2)
             if proc.is_alive():
                 proc.terminate()
         for proc in self.procs:
@@ -148,14 +155,23 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any) -> None:
+def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any, go: Any) -> None:
     _die_with_parent()
     os.environ.update(env)
     from migration_assets.settings import load_settings
 
+    for module in _STORAGE_MODULES:  # most of opening an instance is importing its storage
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    go.wait()
     session = Session.open(load_settings(env_file=None), Path(plan_path))
     while not stop.is_set() and (spec := todo.get()) is not None:
         done.put(_execute(session, spec))
+
+
+# imported while waiting to be released; a missing one (another Dagster, SQLite storage)
+# is only imported later, when the instance opens
+_STORAGE_MODULES = ("dagster._core.storage.base_storage", "dagster_postgres")
 
 
 def _execute(session: Session, spec: RunSpec) -> list[Outcome]:

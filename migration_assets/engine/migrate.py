@@ -13,6 +13,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from migration_assets.db.errors import MigrationError
 from migration_assets.defs.liveness import LOST_AFTER_SECONDS, in_flight, reap_lost_runs
@@ -27,6 +28,7 @@ from migration_assets.engine.work import (
     slice_runs,
     tail_run,
 )
+from migration_assets.settings import Settings
 
 RELOOK_SECONDS = 0.5  # longer than the pause between two runs of one migration
 QUIET_SECONDS = 5.0  # no run started or ended for this long: no migration is mid-way
@@ -115,6 +117,20 @@ def _beats(session: Session) -> dict[str, float | None]:
     return {f.run.run_id: f.last_beat for f in in_flight(session.instance)}
 
 
+def lanes(settings: Settings, workers: int) -> int:
+    """Runs at once: as asked, never more than the target connections allowed."""
+    return max(1, min(workers, settings.migration_target_connections))
+
+
+def start_workers(settings: Settings, plan_path: Path, workers: int) -> WorkerPool | None:
+    """Workers started before this process opens its session, so their imports (about a
+    second each) overlap its own; `migrate(pool=...)` releases or closes them."""
+    if lanes(settings, workers) < 2:
+        return None
+    Session.prepare(settings, plan_path)  # what they inherit: the exported settings
+    return WorkerPool(plan_path, lanes(settings, workers) - 1)
+
+
 def migrate(
     session: Session,
     *,
@@ -124,26 +140,35 @@ def migrate(
     redo: frozenset[tuple[str, str]] = frozenset(),
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_done: ProgressFn = lambda outcome: None,
+    pool: WorkerPool | None = None,
 ) -> MigrateReport:
     """Head run, the partition runs that are due, tail run: all recorded in the instance.
-    `redo`: (table, partition) pairs a whole-table check found different, resynced too."""
+    `redo`: (table, partition) pairs a whole-table check found different, resynced too.
+    `pool`: workers the caller started before opening the session (`start_workers`);
+    migrate releases them, or closes them at once if one run is all there is to do."""
     started = time.perf_counter()
     report = MigrateReport(total_partitions=session.plan.total_partitions(), resync=resync)
-    limit = session.settings.migration_target_connections
-    workers = max(1, min(workers, limit))
+    workers = lanes(session.settings, workers)
     with contextlib.ExitStack() as stack:
+        if pool is not None:
+            stack.callback(pool.close)
+            pool.release()
         with report.phase("recover"):
             report.reaped_runs = settle_in_flight(session)
-            apply_pool_limit(session.instance, limit)
+            apply_pool_limit(session.instance, session.settings.migration_target_connections)
             statuses = partition_statuses(session.instance, session.plan)
             runs, report.skipped_partitions = slice_runs(
                 session.plan, statuses, every=resync, force=force, redo=redo
             )
-            runs = carry(runs)
-        pool = None
-        if workers > 1 and len(runs) > 1:  # this process is one of the `workers`; a worker
-            # costs seconds to start, worth it only for more than one run
+            runs = carry(runs, lanes=workers)
+        if workers < 2 or len(runs) < 2:  # this process is one of the `workers`: one run
+            # needs no other, and an idle worker's imports would only take CPU from the head
+            if pool is not None:
+                pool.close()
+            pool = None
+        elif pool is None:
             pool = WorkerPool(session.plan_path, workers - 1)  # imports overlap the schema run
+            pool.release()
             stack.callback(pool.close)
         with report.phase("preflight and schema"):
             head = session.execute(head_run())

@@ -56,14 +56,20 @@ class Session:
     def open(
         cls, settings: Settings, plan_path: Path, instance: dg.DagsterInstance | None = None
     ) -> Session:
+        cls.prepare(settings, plan_path)
+        plan = load_plan(plan_path)
+        defs = build_definitions(plan, settings)
+        return cls(settings, plan_path, plan, defs, instance or open_instance())
+
+    @staticmethod
+    def prepare(settings: Settings, plan_path: Path) -> None:
+        """What every process of one migration inherits: the settings in the environment
+        (resources read secrets from it at run time), the plan's path, DAGSTER_HOME's config."""
         settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
         settings.export_environment()
         os.environ["MIGRATION_PLAN"] = str(plan_path.resolve())
         assert settings.dagster_home is not None
         prepare_dagster_home(settings.dagster_home)
-        plan = load_plan(plan_path)
-        defs = build_definitions(plan, settings)
-        return cls(settings, plan_path, plan, defs, instance or open_instance())
 
     @property
     def job(self) -> dg.JobDefinition:

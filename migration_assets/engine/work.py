@@ -120,7 +120,7 @@ CARRY_ROWS = 100_000  # rows (estimated) one run carries, about: what a crash ma
 CARRY_TABLES = 50  # steps a run carries at most: its page in the UI stays readable
 
 
-def carry(runs: list[RunSpec]) -> list[RunSpec]:
+def carry(runs: list[RunSpec], *, lanes: int = 1) -> list[RunSpec]:
     """Whole-table slices of small tables, several to a run; other runs as they were.
 
     A run costs about 0.4 s of Dagster bookkeeping, a small table's copy a few milliseconds.
@@ -128,7 +128,8 @@ def carry(runs: list[RunSpec]) -> list[RunSpec]:
     materialize several such tables, each recording its own partition status and checks,
     as a UI backfill of that key would. A run carries about CARRY_ROWS rows (each table goes
     to the lightest run, so one may hold a table more): that much, a second or two of
-    copying, is what a crash mid-run may have to redo.
+    copying, is what a crash mid-run may have to redo. There is a run for each of `lanes`
+    (runs at once) where there are tables enough, so a small database copies in parallel.
     """
     small: list[RunSpec] = []
     rest: list[RunSpec] = []
@@ -137,7 +138,9 @@ def carry(runs: list[RunSpec]) -> list[RunSpec]:
         (small if packable else rest).append(run)
     if len(small) < 2:
         return runs
-    count = max(-(-_rows(small) // CARRY_ROWS), -(-len(small) // CARRY_TABLES))
+    count = max(
+        -(-_rows(small) // CARRY_ROWS), -(-len(small) // CARRY_TABLES), min(lanes, len(small))
+    )
     batches: list[list[RunSpec]] = [[] for _ in range(count)]
     loads = [(0, 0)] * count  # (rows, tables) of each batch so far
     for run in small:  # largest first, as given: each to the lightest run so far
