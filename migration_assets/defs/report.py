@@ -63,17 +63,24 @@ def _when(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
-def _check(instance: DagsterInstance, key: dg.AssetKey, name: str) -> dict[str, Any]:
+def _check(
+    instance: DagsterInstance, key: dg.AssetKey, name: str, *, changed: int | None = None
+) -> dict[str, Any]:
+    """A check's last verdict. `changed`: the storage id of the asset's newest
+    materialization, for a check that judges the whole asset: a verdict on older data (or
+    none at all) is stale, whichever way the asset changed since."""
     record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, name))
     entry: dict[str, Any] = {"asset": key.to_user_string(), "name": name, "passed": None}
     if record is None or record.event is None or record.event.dagster_event is None:
-        return entry
-    if record.status == AssetCheckExecutionRecordStatus.PLANNED:
-        # Planned in a later run that did not evaluate it (a partition run plans the
-        # whole-table checks and leaves them): its last verdict predates the last change.
-        entry.update(stale=True, run_id=record.run_id)
+        if changed is not None:
+            entry.update(stale=True)
         return entry
     evaluation = record.event.dagster_event.event_specific_data
+    if record.status == AssetCheckExecutionRecordStatus.PLANNED or _older(evaluation, changed):
+        # Planned in a later run that did not evaluate it (a UI backfill's partition runs
+        # plan the whole-table checks and leave them), or judged data since replaced.
+        entry.update(stale=True, run_id=record.run_id)
+        return entry
     entry.update(
         passed=bool(getattr(evaluation, "passed", False)),
         severity=str(getattr(getattr(evaluation, "severity", None), "value", "ERROR")),
@@ -82,6 +89,14 @@ def _check(instance: DagsterInstance, key: dg.AssetKey, name: str) -> dict[str, 
         metadata={k: plain(v) for k, v in getattr(evaluation, "metadata", {}).items()},
     )
     return entry
+
+
+def _older(evaluation: Any, changed: int | None) -> bool:
+    """Was this verdict given on a materialization older than the newest one?"""
+    if changed is None:
+        return False
+    target = getattr(evaluation, "target_materialization_data", None)
+    return target is None or target.storage_id < changed
 
 
 def _table_entry(
@@ -105,6 +120,7 @@ def _table_entry(
             }
         )
     key = dg.AssetKey(table.asset_path)
+    changed = max((r.storage_id for r in latest.values()), default=None)
     verified = [s for s in slices if s["verified"]]
     return {
         "table": table.qualified,
@@ -112,7 +128,7 @@ def _table_entry(
         "partitions": {"total": len(slices), "verified": len(verified)},
         "rows_verified": sum(int(s["rows"] or 0) for s in verified),
         "slices": slices,
-        "checks": [_check(instance, key, name) for name in check_names(table, plan)],
+        "checks": [_check(instance, key, n, changed=changed) for n in check_names(table, plan)],
     }
 
 
