@@ -12,12 +12,16 @@ import json
 import os
 import platform
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext, DagsterInstance
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecord,
+    AssetCheckExecutionRecordStatus,
+)
 
 from migration_assets import __version__
 from migration_assets.defs.checks import check_names
@@ -63,13 +67,26 @@ def _when(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
+Verdicts = Mapping[dg.AssetCheckKey, AssetCheckExecutionRecord]
+VERDICTS_PER_QUERY = 500
+
+
+def _verdicts(instance: DagsterInstance, keys: list[dg.AssetCheckKey]) -> Verdicts:
+    """Every check's latest execution, a few queries for all (one a check grew with tables)."""
+    found: dict[dg.AssetCheckKey, AssetCheckExecutionRecord] = {}
+    for i in range(0, len(keys), VERDICTS_PER_QUERY):
+        chunk = keys[i : i + VERDICTS_PER_QUERY]
+        found.update(instance.event_log_storage.get_latest_asset_check_execution_by_key(chunk))
+    return found
+
+
 def _check(
-    instance: DagsterInstance, key: dg.AssetKey, name: str, *, changed: int | None = None
+    verdicts: Verdicts, key: dg.AssetKey, name: str, *, changed: int | None = None
 ) -> dict[str, Any]:
     """A check's last verdict. `changed`: the storage id of the asset's newest
     materialization, for a check that judges the whole asset: a verdict on older data (or
     none at all) is stale, whichever way the asset changed since."""
-    record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, name))
+    record = verdicts.get(dg.AssetCheckKey(key, name))
     entry: dict[str, Any] = {"asset": key.to_user_string(), "name": name, "passed": None}
     if record is None or record.event is None or record.event.dagster_event is None:
         if changed is not None:
@@ -100,7 +117,7 @@ def _older(evaluation: Any, changed: int | None) -> bool:
 
 
 def _table_entry(
-    instance: DagsterInstance, table: TablePlan, plan: MigrationPlan
+    instance: DagsterInstance, verdicts: Verdicts, table: TablePlan, plan: MigrationPlan
 ) -> dict[str, Any]:
     latest = latest_materializations(instance, table)
     slices = []
@@ -128,7 +145,7 @@ def _table_entry(
         "partitions": {"total": len(slices), "verified": len(verified)},
         "rows_verified": sum(int(s["rows"] or 0) for s in verified),
         "slices": slices,
-        "checks": [_check(instance, key, n, changed=changed) for n in check_names(table, plan)],
+        "checks": [_check(verdicts, key, n, changed=changed) for n in check_names(table, plan)],
     }
 
 
@@ -204,8 +221,17 @@ def collect_report(
     schema_meta = _latest_metadata(instance, SCHEMA_KEY)
     sequences_event = instance.get_latest_materialization_event(SEQUENCES_KEY)
     sequences_meta = _latest_metadata(instance, SEQUENCES_KEY)
-    tables = [_table_entry(instance, t, plan) for t in plan.tables]
-    global_checks = [_check(instance, key, name) for key, name in GLOBAL_CHECKS]
+    verdicts = _verdicts(
+        instance,
+        [dg.AssetCheckKey(key, name) for key, name in GLOBAL_CHECKS]
+        + [
+            dg.AssetCheckKey(dg.AssetKey(t.asset_path), name)
+            for t in plan.tables
+            for name in check_names(t, plan)
+        ],
+    )
+    tables = [_table_entry(instance, verdicts, t, plan) for t in plan.tables]
+    global_checks = [_check(verdicts, key, name) for key, name in GLOBAL_CHECKS]
     tls = next(c for c in global_checks if c["name"] == TLS_IN_USE)
     tls_meta = tls.get("metadata", {})
     problems = _problems(tables, global_checks)
