@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -123,7 +123,16 @@ def pin_session(conn: Connection, extra: dict[str, str] | None = None) -> None:
 
 
 @contextmanager
-def connect(
+def connect(dsn: str, *, setting: str, **options: Any) -> Iterator[Connection]:
+    """A pinned connection, closed afterwards (`open_pinned` says which options there are)."""
+    conn = open_pinned(dsn, setting=setting, **options)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def open_pinned(
     dsn: str,
     *,
     setting: str,
@@ -133,7 +142,7 @@ def connect(
     pin: bool = True,
     guard_server: bool = False,
     prepare_threshold: int | None = 5,
-) -> Iterator[Connection]:
+) -> Connection:
     """A pinned connection; connection failures become `ConnectionFailedError` naming the fix."""
     timeout = network_timeout()
     conninfo = with_params(
@@ -150,9 +159,58 @@ def connect(
             pin_session(conn, server_guards(timeout) if guard_server else None)
             if not autocommit:
                 conn.commit()
-        yield conn
-    finally:
+    except BaseException:
         conn.close()
+        raise
+    return conn
+
+
+class Spare:
+    """One idle connection kept between uses, so the steps of one run (a packed run's small
+    tables) connect once. A connection costs several round trips (TLS, SCRAM, the session
+    pins): against a remote server, more than a small table's copy.
+
+    Only a connection handed back idle, outside any transaction, is kept; one that raised is
+    closed. Before it is lent again one round trip proves it is still alive (a server that
+    restarted in between gets a new connection, not an error)."""
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def lend(self, open_new: Callable[[], Connection]) -> Iterator[Connection]:
+        conn, self._conn = self._conn, None
+        if conn is None or not _alive(conn):
+            conn = open_new()
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if conn.closed or not idle or self._conn is not None:
+            conn.close()
+        else:
+            self._conn = conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _alive(conn: Connection) -> bool:
+    if conn.closed:
+        return False
+    autocommit = conn.autocommit
+    try:
+        conn.autocommit = True  # the probe opens no transaction
+        conn.execute("SELECT 1")
+        conn.autocommit = autocommit
+        return True
+    except psycopg.Error:
+        conn.close()
+        return False
 
 
 def _tls_reason(exc: psycopg.OperationalError, conninfo: str) -> str | None:

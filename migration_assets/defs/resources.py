@@ -7,7 +7,7 @@ secrets stay `EnvVar`s so they are read at run time and never stored with a run.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +15,7 @@ from pydantic import PrivateAttr
 
 from migration_assets.db.dsn import judge_target_tls, mask_dsn
 from migration_assets.db.errors import MigrationError
-from migration_assets.db.session import Connection, connect
+from migration_assets.db.session import Connection, Spare, connect, open_pinned
 from migration_assets.defs.liveness import Heartbeat
 from migration_assets.settings import SchemaMode, Settings
 
@@ -50,11 +50,22 @@ class SourceDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The clinic's current database; we only read from it."""
 
     url: str
+    _spare: Spare = PrivateAttr(default_factory=Spare)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._spare.close()
+
+    def _open(self, *, autocommit: bool = False) -> Connection:
+        return open_pinned(self.url, setting="SOURCE_DATABASE_URL", autocommit=autocommit)
 
     @contextmanager
     def connect(self, *, autocommit: bool = False) -> Iterator[Connection]:
-        with connect(self.url, setting="SOURCE_DATABASE_URL", autocommit=autocommit) as conn:
+        with closing(self._open(autocommit=autocommit)) as conn:
             yield conn
+
+    def lend(self) -> AbstractContextManager[Connection]:
+        """The run's spare connection, for steps that run one after another (`Spare`)."""
+        return self._spare.lend(self._open)
 
     @property
     def shown(self) -> str:
@@ -69,6 +80,7 @@ class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
     pooler_url: str = ""
     _checked: bool = PrivateAttr(default=False)
     _heartbeat: Heartbeat | None = PrivateAttr(default=None)
+    _spare: Spare = PrivateAttr(default_factory=Spare)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """A run that may hold the target beats while it lives (see defs/liveness.py)."""
@@ -77,6 +89,7 @@ class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
             self._heartbeat.start()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._spare.close()
         if self._heartbeat is not None:
             self._heartbeat.stop()
 
@@ -94,17 +107,24 @@ class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
                     raise MigrationError(verdict.problem)
         self._checked = True
 
-    @contextmanager
-    def connect(self, *, autocommit: bool = False) -> Iterator[Connection]:
+    def _open(self, *, autocommit: bool = False) -> Connection:
         self._ensure_safe()
-        with connect(
+        return open_pinned(
             self.url,
             setting="SUPABASE_DB_URL",
             sslrootcert=self.sslrootcert or None,
             autocommit=autocommit,
             guard_server=True,
-        ) as conn:
+        )
+
+    @contextmanager
+    def connect(self, *, autocommit: bool = False) -> Iterator[Connection]:
+        with closing(self._open(autocommit=autocommit)) as conn:
             yield conn
+
+    def lend(self) -> AbstractContextManager[Connection]:
+        """The run's spare connection, for steps that run one after another (`Spare`)."""
+        return self._spare.lend(self._open)
 
     @contextmanager
     def connect_pooler(self) -> Iterator[Connection]:

@@ -125,7 +125,7 @@ def build_table_asset(*, table: TablePlan, owners: list[str] | None = None) -> d
         spec = table.slice(context.partition_key)
         job = CopyTarget(spec, table.copy_columns, table.checksum_columns, table.binary_safe)
         try:
-            with source.connect() as src, target.connect() as tgt:
+            with source.lend() as src, target.lend() as tgt:  # a packed run's steps share them
                 result = copy_slice(src, tgt, job, force=config.force)
         except SliceMismatchError as exc:  # the verdict is evidence too: record it, then fail
             yield from _slice_checks(exc.result)
