@@ -20,9 +20,16 @@ import pytest
 
 from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
+from migration_assets.db.session import Connection, Spare, open_pinned
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import load_plan
-from migration_assets_tests.conftest import ALEMBIC_INI, Migration, MigrationFactory, unique
+from migration_assets_tests.conftest import (
+    ALEMBIC_INI,
+    Databases,
+    Migration,
+    MigrationFactory,
+    unique,
+)
 from migration_assets_tests.faults import (
     TcpProxy,
     blackhole,
@@ -280,3 +287,35 @@ def test_target_server_stopped_mid_run_and_started_again(
     assert "stopped early" in output, output
     own_stack.target.start()
     _finish(m)
+
+
+def test_a_spare_connection_is_reused_and_replaced_once_the_server_dropped_it(
+    databases: Databases, stack: DevStack
+) -> None:
+    """A run's table steps share a connection in turn: one the server dropped in between is
+    replaced before it is lent, and one that raised or was left mid-transaction is closed."""
+    url = databases.source(seeded=False)
+    spare = Spare()
+
+    def open_new() -> Connection:
+        return open_pinned(url, setting="SOURCE_DATABASE_URL")
+
+    with spare.lend(open_new) as first:
+        pid = first.info.backend_pid
+        first.execute("SELECT 1")
+        first.commit()
+    with spare.lend(open_new) as again:
+        assert again.info.backend_pid == pid, "an idle connection was not kept"
+    assert stack.source is not None
+    stack.source.admin(f"SELECT pg_terminate_backend({int(pid)}, 10000)")
+    with spare.lend(open_new) as replaced:
+        assert replaced.info.backend_pid != pid
+        assert replaced.execute("SELECT 1").fetchone() == (1,)
+        replaced.commit()
+    with pytest.raises(RuntimeError), spare.lend(open_new) as failed:
+        raise RuntimeError("a step failed")
+    assert failed.closed
+    with spare.lend(open_new) as left_open:
+        left_open.execute("SELECT 1")  # a transaction left open
+    assert left_open.closed
+    spare.close()
