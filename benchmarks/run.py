@@ -735,7 +735,14 @@ def _small_rows(i: int) -> int:
 def prepare_small(bench: Bench) -> Bench:
     """The small source, its plan and counts, as a Bench of its own on the same stack."""
     assert bench.stack.source is not None
-    small = Bench(bench.stack, bench.work, bench.workers, bench.dagster_storage, ddl=small_ddl())
+    small = Bench(  # one name counter: its databases and homes share the stack and `work`
+        bench.stack,
+        bench.work,
+        bench.workers,
+        bench.dagster_storage,
+        serial=bench.serial,
+        ddl=small_ddl(),
+    )
     name = small.name("small")
     url = bench.stack.create_source_database(name)
     with psycopg.connect(url) as conn:
