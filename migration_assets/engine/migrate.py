@@ -125,10 +125,11 @@ def lanes(settings: Settings, workers: int) -> int:
 def start_workers(settings: Settings, plan_path: Path, workers: int) -> WorkerPool | None:
     """Workers started before this process opens its session, so their imports (about a
     second each) overlap its own; `migrate(pool=...)` releases or closes them."""
-    if lanes(settings, workers) < 2:
+    others = lanes(settings, workers) - 1  # this process is one of the lanes
+    if others < 1:
         return None
     Session.prepare(settings, plan_path)  # what they inherit: the exported settings
-    return WorkerPool(plan_path, lanes(settings, workers) - 1)
+    return WorkerPool(plan_path, others)
 
 
 def migrate(
