@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +17,8 @@ from migration_assets.db.errors import VALUE_MASK, mask_values
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import TABLE_CHECKSUM
-from migration_assets.engine.migrate import _active_within
+from migration_assets.engine.driver import TAG_DRIVER, has_exited, this_process
+from migration_assets.engine.migrate import _may_be_between_runs
 from migration_assets.engine.session import Session
 from migration_assets.engine.work import CARRY_ROWS, RunSpec, Status, carry, slice_runs
 from migration_assets.plan import (
@@ -199,9 +203,10 @@ def test_a_run_carries_at_most_its_share_of_rows() -> None:
     assert carry(forced) == forced  # a forced re-copy takes run config: one table a run
 
 
-def test_a_second_look_for_other_migrations_only_after_recent_runs() -> None:
+def test_a_second_look_for_other_migrations_only_after_recent_runs_of_a_live_driver() -> None:
     """The pause between two runs of another migration is short: only a run that started or
-    ended just now makes an empty first look worth repeating."""
+    ended just now makes an empty first look worth repeating, and only if the process that
+    drove it may still launch the next (a migrate that has exited launches nothing)."""
 
     @dg.op
     def noop() -> None:
@@ -211,9 +216,38 @@ def test_a_second_look_for_other_migrations_only_after_recent_runs() -> None:
     def one_run() -> None:
         noop()
 
+    exited = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from migration_assets.engine.driver import this_process as p;print(p())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     with dg.DagsterInstance.ephemeral() as instance:
         session = cast(Session, SimpleNamespace(instance=instance))
-        assert not _active_within(session, 5.0)  # nothing ever ran
-        assert one_run.execute_in_process(instance=instance).success
-        assert _active_within(session, 5.0)
-        assert not _active_within(session, 0.0)
+        assert not _may_be_between_runs(session, 5.0)  # nothing ever ran
+        assert one_run.execute_in_process(instance=instance, tags={TAG_DRIVER: exited}).success
+        assert not _may_be_between_runs(session, 5.0)  # its driver has exited
+        assert one_run.execute_in_process(instance=instance).success  # the UI's: no driver
+        assert _may_be_between_runs(session, 5.0)
+        assert not _may_be_between_runs(session, 0.0)
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        session = cast(Session, SimpleNamespace(instance=instance))
+        assert one_run.execute_in_process(instance=instance, tags={TAG_DRIVER: this_process()})
+        assert _may_be_between_runs(session, 5.0)  # this process lives: it may run again
+
+
+def test_a_driver_has_exited_only_when_this_host_can_tell() -> None:
+    me = this_process()
+    host, pid, started = me.rsplit("/", 2)
+    assert pid == str(os.getpid())
+    assert started.isdigit()
+    assert not has_exited(me)
+    assert has_exited(f"{host}/{pid}/{int(started) + 1}")  # the pid now belongs to another
+    assert not has_exited(f"another-{host}/{pid}/{int(started) + 1}")  # cannot tell: alive
+    for unknown in (None, "", "no/pid/x", f"{host}/{pid}/"):
+        assert not has_exited(unknown)

@@ -22,6 +22,7 @@ from queue import Empty
 from typing import Any
 
 from migration_assets.db.errors import safe_message
+from migration_assets.engine.driver import this_process
 from migration_assets.engine.session import Outcome, Session
 from migration_assets.engine.work import RunSpec
 
@@ -65,7 +66,15 @@ class WorkerPool:
         self.procs = [
             ctx.Process(
                 target=_worker,
-                args=(str(plan_path), env, self.todo, self.done, self.stop, self.go),
+                args=(
+                    str(plan_path),
+                    env,
+                    this_process(),
+                    self.todo,
+                    self.done,
+                    self.stop,
+                    self.go,
+                ),
                 daemon=True,
             )
             for _ in range(count)
@@ -155,7 +164,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any, go: Any) -> None:
+def _worker(
+    plan_path: str, env: dict[str, str], driver: str, todo: Any, done: Any, stop: Any, go: Any
+) -> None:
     _die_with_parent()
     os.environ.update(env)
     from migration_assets.settings import load_settings
@@ -164,7 +175,7 @@ def _worker(plan_path: str, env: dict[str, str], todo: Any, done: Any, stop: Any
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
     go.wait()
-    session = Session.open(load_settings(env_file=None), Path(plan_path))
+    session = Session.open(load_settings(env_file=None), Path(plan_path), driver=driver)
     while not stop.is_set() and (spec := todo.get()) is not None:
         done.put(_execute(session, spec))
 

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from migration_assets.db.errors import MigrationError
 from migration_assets.defs.liveness import LOST_AFTER_SECONDS, in_flight, reap_lost_runs
+from migration_assets.engine.driver import TAG_DRIVER, has_exited
 from migration_assets.engine.home import apply_pool_limit
 from migration_assets.engine.local import ProgressFn, WorkerPool, run_inline
 from migration_assets.engine.session import Outcome, Session
@@ -30,8 +32,12 @@ from migration_assets.engine.work import (
 )
 from migration_assets.settings import Settings
 
+if TYPE_CHECKING:
+    from dagster import RunRecord
+
 RELOOK_SECONDS = 0.5  # longer than the pause between two runs of one migration
 QUIET_SECONDS = 5.0  # no run started or ended for this long: no migration is mid-way
+RECENT_RUNS = 10  # the newest runs, where a migration that is mid-way shows
 
 
 @dataclass
@@ -78,7 +84,7 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
     flight, so an empty first look is repeated once, if a run started or ended just now."""
     deadline = time.monotonic() + wait
     first = _beats(session)
-    if not first and _active_within(session, QUIET_SECONDS):
+    if not first and _may_be_between_runs(session, QUIET_SECONDS):
         time.sleep(RELOOK_SECONDS)
         first = _beats(session)
     reaped: set[str] = set()
@@ -99,18 +105,24 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
     return len(reaped)
 
 
-def _active_within(session: Session, seconds: float) -> bool:
-    """Did any run start or end in the last `seconds`? If none did, no migration is between
-    two of its runs, and the first look needs no second."""
-    newest = session.instance.get_run_records(limit=1)
-    if not newest:
-        return False
-    record = newest[0]
+def _may_be_between_runs(session: Session, seconds: float) -> bool:
+    """Did a run start or end in the last `seconds` whose driver may still launch another?
+    If none did, no migration is between two of its runs, and the first look needs no
+    second. A run whose driving process has exited (`engine.driver`) has no next run."""
+    now = time.time()
+    for record in session.instance.get_run_records(limit=RECENT_RUNS):
+        if now - _last_activity(record) < seconds and not has_exited(
+            record.dagster_run.tags.get(TAG_DRIVER)
+        ):
+            return True
+    return False
+
+
+def _last_activity(record: RunRecord) -> float:
     created = record.create_timestamp
     if created.tzinfo is None:  # storage gives UTC, sometimes without saying so
         created = created.replace(tzinfo=dt.UTC)
-    last = max(record.end_time or 0.0, record.start_time or 0.0, created.timestamp())
-    return time.time() - last < seconds
+    return max(record.end_time or 0.0, record.start_time or 0.0, created.timestamp())
 
 
 def _beats(session: Session) -> dict[str, float | None]:

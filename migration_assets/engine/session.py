@@ -16,6 +16,7 @@ import dagster as dg
 from migration_assets.defs.build import build_definitions
 from migration_assets.defs.history import meta_text
 from migration_assets.defs.keys import REPORT_COMPLETE, REPORT_KEY
+from migration_assets.engine.driver import TAG_DRIVER, this_process
 from migration_assets.engine.home import open_instance, prepare_dagster_home
 from migration_assets.engine.work import RunSpec
 from migration_assets.plan import MigrationPlan, TablePlan, load_plan
@@ -51,15 +52,23 @@ class Session:
     plan: MigrationPlan
     defs: dg.Definitions
     instance: dg.DagsterInstance
+    driver: str = ""  # the process whose command these runs serve (`engine.driver`)
 
     @classmethod
     def open(
-        cls, settings: Settings, plan_path: Path, instance: dg.DagsterInstance | None = None
+        cls,
+        settings: Settings,
+        plan_path: Path,
+        instance: dg.DagsterInstance | None = None,
+        *,
+        driver: str = "",
     ) -> Session:
+        """`driver`: for a worker, the process that owns its pool; otherwise this one."""
         cls.prepare(settings, plan_path)
         plan = load_plan(plan_path)
         defs = build_definitions(plan, settings)
-        return cls(settings, plan_path, plan, defs, instance or open_instance())
+        instance = instance or open_instance()
+        return cls(settings, plan_path, plan, defs, instance, driver or this_process())
 
     @staticmethod
     def prepare(settings: Settings, plan_path: Path) -> None:
@@ -91,7 +100,7 @@ class Session:
             partition_key=spec.partition,
             asset_selection=selection,
             run_config={**QUIET, **(run_config or self._config(spec))},
-            tags={TAG_LAUNCHED_BY: "cli", TAG_HOST: socket.gethostname()},
+            tags={TAG_LAUNCHED_BY: "cli", TAG_HOST: socket.gethostname(), TAG_DRIVER: self.driver},
             raise_on_error=False,
         )
 
