@@ -155,6 +155,11 @@ class TablePlan(_Model):
         return [c.name for c in self.columns]
 
     @property
+    def hash_columns(self) -> list[tuple[str, str]]:
+        """The checksum's columns with their types, which say how each is hashed."""
+        return [(c.name, c.type) for c in self.columns]
+
+    @property
     def rows_per_slice(self) -> int:
         """Estimated, at planning: what one partition run of this table moves."""
         return self.row_estimate // max(1, self.slicing.partitions)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
-from migration_assets.db.checksum import EMPTY, Checksum, checksums_by_slice, combine
+from migration_assets.db.checksum import EMPTY, Checksum, RowHash, checksums_by_slice, combine
 from migration_assets.db.session import Connection
 from migration_assets.db.slices import SliceSpec
 
@@ -35,17 +35,16 @@ def compare_table(
     target: Connect,
     *,
     spec: SliceSpec,
-    columns: Sequence[str],
+    columns: Sequence[tuple[str, str]],
     partition_keys: Sequence[str],
 ) -> TableComparison:
-    """`spec` is any slice of the table (its slicing is what matters); one connection a side."""
-
-    def sums(connect: Connect) -> dict[int, Checksum]:
-        with connect() as conn:
-            return checksums_by_slice(conn, spec, columns)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        a, b = pool.submit(sums, source), pool.submit(sums, target)
+    """`spec` is any slice of the table (its slicing is what matters); one connection a side.
+    `columns`: (name, type), whose types and both servers say how rows are hashed."""
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=2) as pool:
+        src_conn, tgt_conn = stack.enter_context(source()), stack.enter_context(target())
+        rows = RowHash.between(src_conn, tgt_conn, columns)
+        a = pool.submit(checksums_by_slice, src_conn, spec, rows)
+        b = pool.submit(checksums_by_slice, tgt_conn, spec, rows)
         src, tgt = a.result(), b.result()
     differing = tuple(
         pk for i, pk in enumerate(partition_keys) if src.get(i, EMPTY) != tgt.get(i, EMPTY)

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import IsolationLevel, sql
 from psycopg.copy import QueuedLibpqWriter
 
-from migration_assets.db.checksum import Checksum, slice_checksum
+from migration_assets.db.checksum import Checksum, RowHash, slice_checksum
 from migration_assets.db.errors import MigrationError, safe_message
 from migration_assets.db.session import Connection, server_major
 from migration_assets.db.slices import SliceSpec, text_bytes
@@ -77,7 +77,7 @@ class SliceBusyError(MigrationError):
 class CopyTarget:
     spec: SliceSpec
     copy_columns: list[str]
-    checksum_columns: list[str]
+    hash_columns: list[tuple[str, str]]  # the checksum's (name, type)
     binary_safe: bool
 
 
@@ -107,6 +107,7 @@ def copy_slice(
     moves only what changed. `force` re-copies regardless.
     """
     binary = use_binary(source, target, job)
+    rows_hash = RowHash.between(source, target, job.hash_columns)
     started = time.perf_counter()
     source.isolation_level = IsolationLevel.REPEATABLE_READ
     source.read_only = True
@@ -115,16 +116,16 @@ def copy_slice(
             _prepare_target(target, job.spec)
             src_sum = None
             if not force:
-                before = slice_checksum(target, job.spec, job.checksum_columns)
+                before = slice_checksum(target, job.spec, rows_hash)
                 if before.rows:
-                    src_sum = slice_checksum(source, job.spec, job.checksum_columns)
+                    src_sum = slice_checksum(source, job.spec, rows_hash)
                     if src_sum == before:
                         return _unchanged(job, binary, started, before)
             deleted = _delete_slice(target, job.spec)
             rows, nbytes = _stream(source, target, job, binary)
             if src_sum is None:
-                src_sum = slice_checksum(source, job.spec, job.checksum_columns)
-            tgt_sum = slice_checksum(target, job.spec, job.checksum_columns)
+                src_sum = slice_checksum(source, job.spec, rows_hash)
+            tgt_sum = slice_checksum(target, job.spec, rows_hash)
             result = SliceResult(
                 rows=rows,
                 bytes=nbytes,

@@ -110,7 +110,7 @@ def _run_checks(
             source.connect,
             target.connect,
             spec=table.slice(table.partition_keys[0]),
-            columns=table.checksum_columns,
+            columns=table.hash_columns,
             partition_keys=table.partition_keys,
         )
         if TABLE_ROW_COUNT in selected:

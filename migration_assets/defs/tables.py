@@ -123,7 +123,7 @@ def build_table_asset(*, table: TablePlan, owners: list[str] | None = None) -> d
         target: TargetDatabase,
     ) -> Iterator[Any]:
         spec = table.slice(context.partition_key)
-        job = CopyTarget(spec, table.copy_columns, table.checksum_columns, table.binary_safe)
+        job = CopyTarget(spec, table.copy_columns, table.hash_columns, table.binary_safe)
         try:
             with source.lend() as src, target.lend() as tgt:  # a packed run's steps share them
                 result = copy_slice(src, tgt, job, force=config.force)
