@@ -124,12 +124,29 @@ def slice_checksum(conn: Connection, spec: SliceSpec, rows: RowHash) -> Checksum
 
 
 def checksums_by_slice(conn: Connection, spec: SliceSpec, rows: RowHash) -> dict[int, Checksum]:
-    """Every slice's checksum in a single scan of the table (slices absent had no rows)."""
+    """Every slice's checksum in a single scan of the table (slices absent had no rows).
+
+    The slice of a row is a function of its key, so the planner expects as many groups as
+    keys and sorts the whole rows to group them (on disk, from a few hundred thousand). The
+    subquery, fenced by OFFSET 0, hashes each row first and groups the narrow results in a
+    hash table: a third less work at 500k rows. One slice needs no grouping."""
     text = text_bytes(conn)
-    query = sql.SQL(
-        "SELECT {bucket} AS slice, count(*), coalesce(sum({hash}), 0)::text FROM {rel} GROUP BY 1"
-    ).format(bucket=slice_bucket(spec, text), hash=rows.expression(text), rel=spec.own_rows)
-    return {int(s): Checksum(int(n), str(d)) for s, n, d in conn.execute(query)}
+    parts = {
+        "bucket": slice_bucket(spec, text),
+        "hash": rows.expression(text),
+        "rel": spec.own_rows,
+    }
+    shape = SLICED_SUMS if spec.partitions > 1 else WHOLE_SUMS
+    return {int(s): Checksum(int(n), str(d)) for s, n, d in conn.execute(shape.format(**parts))}
+
+
+WHOLE_SUMS = sql.SQL(
+    "SELECT {bucket} AS slice, count(*), coalesce(sum({hash}), 0)::text FROM {rel} GROUP BY 1"
+)
+SLICED_SUMS = sql.SQL(
+    "SELECT slice, count(*), coalesce(sum(h), 0)::text"
+    " FROM (SELECT {bucket} AS slice, {hash} AS h FROM {rel} OFFSET 0) s GROUP BY 1"
+)
 
 
 def combine(parts: Sequence[Checksum]) -> Checksum:
