@@ -46,6 +46,8 @@ def compare_table(
         a = pool.submit(checksums_by_slice, src_conn, spec, rows)
         b = pool.submit(checksums_by_slice, tgt_conn, spec, rows)
         src, tgt = a.result(), b.result()
+        for conn in (src_conn, tgt_conn):
+            conn.rollback()  # only read: ends the transaction, so a lent connection is kept
     differing = tuple(
         pk for i, pk in enumerate(partition_keys) if src.get(i, EMPTY) != tgt.get(i, EMPTY)
     )

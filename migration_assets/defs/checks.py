@@ -106,9 +106,9 @@ def _run_checks(
     target: TargetDatabase,
 ) -> Iterator[dg.AssetCheckResult]:
     if selected & {TABLE_ROW_COUNT, TABLE_CHECKSUM}:
-        comparison = compare_table(
-            source.connect,
-            target.connect,
+        comparison = compare_table(  # one run's table checks share its connections (`lend`)
+            source.lend,
+            target.lend,
             spec=table.slice(table.partition_keys[0]),
             columns=table.hash_columns,
             partition_keys=table.partition_keys,
@@ -121,7 +121,7 @@ def _run_checks(
             if not comparison.equal:
                 diff = _localise(source, target, table, comparison, labels)
             yield _checksum_result(comparison, diff, labels)
-    with target.connect() as conn:
+    with target.lend() as conn:
         if FOREIGN_KEYS_INTACT in selected:
             yield _foreign_keys_result(conn, table, KeyLabels(table))
         if selected & {RLS_ENABLED, NO_API_GRANTS}:
@@ -163,6 +163,7 @@ def _run_checks(
                         **(details if exposure.grants else {}),
                     },
                 )
+        conn.rollback()  # only read: the next table's checks reuse this connection
 
 
 def _row_count_result(c: TableComparison) -> dg.AssetCheckResult:
