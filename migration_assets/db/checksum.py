@@ -48,18 +48,19 @@ EMPTY = Checksum(0, "0")
 # format_type gives them (typmod removed), and the type a column is cast to for hashing:
 # the plan's type on both sides, so a target column of a looser type (citext, say) is still
 # hashed by its text. varchar hashes as text (binary-coercible: the cast costs nothing).
+# Names are qualified: no search_path can make them another type.
 EXACT_HASH_TYPES = {
-    "boolean": "boolean",
-    "smallint": "smallint",
-    "integer": "integer",
-    "bigint": "bigint",
-    "uuid": "uuid",
-    "date": "date",
-    "bytea": "bytea",
-    "text": "text",
-    "character varying": "text",
-    "timestamp with time zone": "timestamp with time zone",
-    "timestamp without time zone": "timestamp without time zone",
+    "boolean": "pg_catalog.bool",
+    "smallint": "pg_catalog.int2",
+    "integer": "pg_catalog.int4",
+    "bigint": "pg_catalog.int8",
+    "uuid": "pg_catalog.uuid",
+    "date": "pg_catalog.date",
+    "bytea": "pg_catalog.bytea",
+    "text": "pg_catalog.text",
+    "character varying": "pg_catalog.text",
+    "timestamp with time zone": "pg_catalog.timestamptz",
+    "timestamp without time zone": "pg_catalog.timestamp",
 }
 TYPMOD = re.compile(r"\(\d+\)")
 NATIVE_MIN_VERSION = 140000  # hash_record_extended
@@ -89,9 +90,9 @@ class RowHash:
         if not exact:
             return row_hash(names, text)
         parts: list[sql.Composable] = [
-            sql.SQL("{}::{}" + (' COLLATE "C"' if as_type == "text" else "")).format(
-                sql.Identifier(name), sql.SQL(as_type)
-            )
+            sql.SQL(
+                "{}::{}" + (' COLLATE pg_catalog."C"' if as_type == "pg_catalog.text" else "")
+            ).format(sql.Identifier(name), sql.SQL(as_type))
             for name, as_type in exact.items()
         ]
         rest = [n for n in names if n not in exact]
