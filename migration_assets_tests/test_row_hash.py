@@ -2,9 +2,9 @@
 
 `RowHash` hashes some columns by their type's own hash, which is cheaper than printing them.
 A type whose equality is looser than identity (numeric 1.0 = 1.00, -0 = 0 for floats,
-'1 day' = '24 hours', arrays that differ only in bounds) would let a
-changed row verify. Each case below changes one value on the target, into another that its
-type may call equal or in a natively hashed column, and the slice checksums must differ.
+'1 day' = '24 hours', arrays that differ only in bounds) would let a changed row verify.
+Each case below changes one value on the target, into another that its type may call equal
+or in a natively hashed column, and the slice checksums must differ.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ CREATE TABLE zoo (
 );
 INSERT INTO zoo VALUES
     (1, 7, 70000, true, '6f1c2d3e-0000-4000-8000-000000000001', '2020-02-29',
-     '2024-05-01 10:00:00.5+00', '2024-05-01 10:00:00.123', '\\x00ff', 'abc', 'Abc-1', 1.5, '{"a": 1.0}', '{a,b}', 0, '1 day', 'calm'),
+     '2024-05-01 10:00:00.5+00', '2024-05-01 10:00:00.123', '\\x00ff', 'abc', 'Abc-1', 1.5,
+     '{"a": 1.0}', '{a,b}', 0, '1 day', 'calm'),
     (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL, NULL, NULL, NULL,
      NULL, NULL);
 """
@@ -85,7 +86,7 @@ def test_every_change_a_looser_type_equality_would_hide_changes_the_checksum(
         connect(urls[1], setting="SUPABASE_DB_URL") as tgt,
     ):
         rows = RowHash.between(src, tgt, _columns(src))
-        assert rows.native, "both servers are PostgreSQL 14+ in UTF8: the native hash applies"
+        assert rows.method == "native", "both servers are PostgreSQL 14+ in UTF8"
         assert "hash_record_extended" in rows.expression(text_bytes(src)).as_string(src)
         before = _sums(src, tgt, rows)
         assert before[0] == before[1]

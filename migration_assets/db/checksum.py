@@ -84,6 +84,11 @@ class RowHash:
         """Native only when both servers can, so that both sides hash alike."""
         return cls(tuple(columns), native=_native_capable(a) and _native_capable(b))
 
+    @property
+    def method(self) -> str:
+        """What the audit trail records: "native" or "text" (see the module's docstring)."""
+        return "native" if self.native and self._exact() else "text"
+
     def expression(self, text: TextBytes) -> sql.Composable:
         names = [name for name, _ in self.columns]
         exact = self._exact() if self.native else {}

@@ -24,6 +24,7 @@ class TableComparison:
     source: Checksum
     target: Checksum
     differing_slices: tuple[str, ...]
+    row_hash: str = "text"  # how both sides hashed a row (RowHash.method)
 
     @property
     def equal(self) -> bool:
@@ -56,4 +57,5 @@ def compare_table(
         combine(list(src.values())),
         combine(list(tgt.values())),
         differing,
+        rows.method,
     )

@@ -46,6 +46,7 @@ class SliceResult:
     source: Checksum
     target: Checksum
     copied: bool = True  # False: the target's slice already equalled the source's
+    row_hash: str = "text"  # how both checksums hashed a row (RowHash.method)
 
     @property
     def verified(self) -> bool:
@@ -120,7 +121,7 @@ def copy_slice(
                 if before.rows:
                     src_sum = slice_checksum(source, job.spec, rows_hash)
                     if src_sum == before:
-                        return _unchanged(job, binary, started, before)
+                        return _unchanged(binary, started, before, rows_hash.method)
             deleted = _delete_slice(target, job.spec)
             rows, nbytes = _stream(source, target, job, binary)
             if src_sum is None:
@@ -134,6 +135,7 @@ def copy_slice(
                 binary=binary,
                 source=src_sum,
                 target=tgt_sum,
+                row_hash=rows_hash.method,
             )
             if not result.verified:
                 raise SliceMismatchError(job.spec, result)
@@ -145,7 +147,7 @@ def copy_slice(
     return result
 
 
-def _unchanged(job: CopyTarget, binary: bool, started: float, both: Checksum) -> SliceResult:
+def _unchanged(binary: bool, started: float, both: Checksum, row_hash: str) -> SliceResult:
     return SliceResult(
         rows=0,
         bytes=0,
@@ -155,6 +157,7 @@ def _unchanged(job: CopyTarget, binary: bool, started: float, both: Checksum) ->
         source=both,
         target=both,
         copied=False,
+        row_hash=row_hash,
     )
 
 
@@ -258,5 +261,6 @@ def describe_result(result: SliceResult) -> dict[str, Any]:
         "target_rows": result.target.rows,
         "source_checksum": result.source.digest,
         "target_checksum": result.target.digest,
+        "row_hash": result.row_hash,
         "copied": result.copied,
     }

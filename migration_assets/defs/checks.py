@@ -211,6 +211,7 @@ def _checksum_result(
         "table": c.table,
         "source_checksum": c.source.digest,
         "target_checksum": c.target.digest,
+        "row_hash": c.row_hash,
         "differing_slices": ", ".join(c.differing_slices) or "none",
     }
     if diff is not None:

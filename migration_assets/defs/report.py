@@ -132,6 +132,7 @@ def _table_entry(
                 "rows": meta.get("target_rows"),
                 "source_checksum": meta.get("source_checksum"),
                 "target_checksum": meta.get("target_checksum"),
+                "row_hash": meta.get("row_hash"),
                 "at": _when(record.timestamp) if record is not None else None,
                 "run_id": record.run_id if record is not None else None,
             }
