@@ -17,6 +17,7 @@ from migration_assets.defs.keys import (
     RLS_ENABLED,
     SCHEMA_KEY,
     SEQUENCES_KEY,
+    TARGET_POOL,
 )
 from migration_assets.engine.session import Session
 from migration_assets.plan import load_plan, save_plan
@@ -47,6 +48,13 @@ def _evaluations(home: Path, key: dg.AssetCheckKey) -> dict[str, Any]:
     assert record.event.dagster_event is not None
     evaluation = record.event.dagster_event.event_specific_data
     return {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}  # type: ignore[union-attr]
+
+
+def _metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
+    latest = instance.get_latest_materialization_event(key)
+    assert latest is not None
+    assert latest.asset_materialization is not None
+    return {k: getattr(v, "value", v) for k, v in latest.asset_materialization.metadata.items()}
 
 
 def _unfolded(output: str) -> str:
@@ -147,13 +155,13 @@ def test_loaded_tables_are_analyzed_before_the_readiness_check(
             [[t.qualified for t in plan.tables]],
         ).fetchone()
     assert never == (0,), "a migrated table has no statistics of ours"
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    assert _metadata(instance, SEQUENCES_KEY)["connections"] == 2, "ANALYZE used one session"
+    pool = instance.event_log_storage.get_concurrency_info(TARGET_POOL)
+    assert (pool.claimed_slots, pool.pending_steps) == ([], []), "a finish step kept a slot"
     code, output = run_cli(["migrate", "--workers", "1"])  # nothing moved: nothing re-sampled
     assert code == 0, output
-    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
-    latest = instance.get_latest_materialization_event(SEQUENCES_KEY)
-    assert latest is not None
-    assert latest.asset_materialization is not None
-    meta = {k: getattr(v, "value", v) for k, v in latest.asset_materialization.metadata.items()}
+    meta = _metadata(instance, SEQUENCES_KEY)
     assert (meta["analyzed_now"], meta["tables_analyzed"]) == (0, len(plan.tables)), meta
 
     code, output = run_cli(["verify"])

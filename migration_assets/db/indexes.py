@@ -21,12 +21,14 @@ before the schema is compared. The schema disappears once nothing is deferred.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
+from migration_assets.db.lanes import in_lanes
 from migration_assets.db.session import Connection
 from migration_assets.db.slices import own_rows
 
@@ -149,6 +151,20 @@ def recorded(conn: Connection) -> list[Deferred]:
     ).fetchall()
     conn.rollback()
     return [Deferred(s, t, n, d, tuple(steps)) for s, t, n, d, steps in rows]
+
+
+def restore_indexes(
+    conn: Connection,
+    pending: Iterable[Deferred],
+    more: Callable[[], AbstractContextManager[Connection]],
+    lanes: int = 1,
+) -> None:
+    """Every index in `pending`: one table's one after another (see `restore_index`), the
+    tables over `lanes` connections (`conn` and more from `more`)."""
+    tables: dict[tuple[str, str], list[Deferred]] = {}
+    for index in pending:
+        tables.setdefault((index.schema, index.table), []).append(index)
+    in_lanes(conn, more, lanes, list(tables.values()), restore_index)
 
 
 def restore_index(conn: Connection, index: Deferred) -> None:

@@ -11,10 +11,12 @@ check and before cutover.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 from psycopg import sql
 
+from migration_assets.db.lanes import in_lanes
 from migration_assets.db.session import Connection
 
 # Tables whose statistics already describe their rows: ANALYZEd (autovacuum's sampling is
@@ -30,9 +32,15 @@ WHERE (s.schemaname, s.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[])
 """
 
 
-def analyze(conn: Connection, tables: Iterable[tuple[str, str]]) -> tuple[int, float]:
+def analyze(
+    conn: Connection,
+    tables: Iterable[tuple[str, str]],
+    more: Callable[[], AbstractContextManager[Connection]],
+    lanes: int = 1,
+) -> tuple[int, float]:
     """ANALYZE each table whose rows changed since its statistics were taken (a partitioned
-    one always, with its partitions): (tables analyzed, seconds).
+    one always, with its partitions), over `lanes` connections (`conn` and more from
+    `more`), in the order given (largest first finishes soonest): (tables analyzed, seconds).
 
     A re-run with nothing copied, or a cutover's delta that re-copied one slice, then
     samples only what moved. A table the role does not own is skipped by the server with a
@@ -42,13 +50,15 @@ def analyze(conn: Connection, tables: Iterable[tuple[str, str]]) -> tuple[int, f
     started = time.perf_counter()
     wanted = list(tables)
     current = _current(conn, wanted)
-    count = 0
-    for schema, table in wanted:
-        if (schema, table) not in current:
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
-            count += 1
+    conn.rollback()
+    due = [[table] for table in wanted if table not in current]
+    in_lanes(conn, more, lanes, due, _analyze)
+    return len(due), time.perf_counter() - started
+
+
+def _analyze(conn: Connection, table: tuple[str, str]) -> None:
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*table)))
     conn.commit()
-    return count, time.perf_counter() - started
 
 
 def _current(conn: Connection, tables: list[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -6,9 +6,12 @@ equals the source's. `supabase_sequences` sets each sequence past its column's v
 ANALYZEs what was loaded, so the app's first queries are planned on real statistics.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 
-from migration_assets.db.indexes import drop_state_if_empty, recorded, restore_index
+from migration_assets.db.indexes import drop_state_if_empty, recorded, restore_indexes
 from migration_assets.db.sequences import lagging_sequences, sync_sequences
 from migration_assets.db.statistics import analyze
 from migration_assets.defs.failures import as_failure
@@ -23,6 +26,31 @@ from migration_assets.defs.keys import (
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.defs.schema import differences_md, schema_differences
 from migration_assets.plan import MigrationPlan
+
+FINISH_LANES = 2  # target sessions a finish step uses: a second core (Supabase's smaller
+# computes have two); more would only queue behind them on such a server
+
+
+@contextmanager
+def target_lanes(context: dg.AssetExecutionContext, wanted: int = FINISH_LANES) -> Iterator[int]:
+    """Connections a finish step may hold: its own slot of the target pool, and one more per
+    slot free right now, claimed under this run and freed after (never waited for), so the
+    pool's limit still bounds every connection of the migration. A slot left by a killed
+    run is freed with the run's others (`defs.liveness`)."""
+    storage = context.instance.event_log_storage
+    claims: list[str] = []
+    lanes = 1
+    try:
+        while storage.supports_global_concurrency_limits and lanes < wanted:
+            claims.append(f"{context.op_handle}[lane {lanes}]")
+            claim = storage.claim_concurrency_slot(TARGET_POOL, context.run_id, claims[-1])
+            if not claim.is_claimed:
+                break  # the claim waits in the pool's queue: withdrawn below
+            lanes += 1
+        yield lanes
+    finally:
+        for key in claims:
+            storage.free_concurrency_slot_for_step(context.run_id, key)
 
 
 def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
@@ -55,8 +83,8 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
         with as_failure("index rebuild"), target.connect() as conn:
             pending = recorded(conn)
-            for index in pending:  # one at a time: one pool slot, one connection
-                restore_index(conn, index)
+            with target_lanes(context) as lanes:
+                restore_indexes(conn, pending, target.connect, lanes)
             drop_state_if_empty(conn)
         context.log.info(f"{len(pending)} deferred index(es) rebuilt")
         with as_failure("index check"):
@@ -64,6 +92,7 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "indexes_rebuilt": len(pending),
+                "connections": lanes,  # to the target: its pool slot's and any then free
                 "rebuilt": dg.MetadataValue.md(
                     "\n".join(f"- {i.schema}.{i.name} on {i.table}" for i in pending) or "none"
                 ),
@@ -85,7 +114,8 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
 
 def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     every = [(s.qualified, s.table, s.column) for s in plan.sequences]
-    tables = [(t.schema_name, t.name) for t in plan.tables]
+    largest_first = sorted(plan.tables, key=lambda t: -max(t.size_bytes, t.row_estimate))
+    tables = [(t.schema_name, t.name) for t in largest_first]
 
     @dg.asset(
         key=SEQUENCES_KEY,
@@ -108,7 +138,8 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         with as_failure("sequences"), source.connect() as src, target.connect() as tgt:
             written, advanced = sync_sequences(src, tgt, every)
             tgt.commit()
-            analyzed, seconds = analyze(tgt, tables)
+            with target_lanes(context) as lanes:
+                analyzed, seconds = analyze(tgt, tables, target.connect, lanes)
         context.log.info(
             f"{written} sequence(s) set; {analyzed} table(s) analyzed, "
             f"{len(tables) - analyzed} unchanged since their last ANALYZE"
@@ -119,6 +150,7 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
                 "tables_analyzed": len(tables),  # each has statistics taken after its load
                 "analyzed_now": analyzed,  # the others' rows had not changed since
                 "analyze_seconds": round(seconds, 3),
+                "connections": lanes,  # ANALYZEs at once: its pool slot's and any then free
                 "advanced_past_source": dg.MetadataValue.md(
                     "\n".join(f"- {a}" for a in advanced) or "none"
                 ),
