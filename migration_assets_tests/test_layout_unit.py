@@ -7,6 +7,8 @@ dependency a reader has to follow, and a cycle through one is still a cycle.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,16 @@ def test_no_module_is_too_long_to_read() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_cli_and_the_worker_pool_load_without_dagster() -> None:
+    """`migrate` starts its workers before it imports Dagster (about a second), so their
+    imports overlap its own; Dagster imported when these modules load would undo that."""
+    probe = (
+        "import sys, migration_assets.cli, migration_assets.engine.local; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]", loaded

@@ -55,12 +55,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     if args.submit:
         return _submit(open_session(args), args)
-    from migration_assets.engine.migrate import migrate, start_workers
-    from migration_assets.engine.session import Session
+    from migration_assets.engine.local import start_workers
 
     settings = load_settings(args.env_file)
     plan_path = settings.plan_path(args.plan)
-    pool = start_workers(settings, plan_path, args.workers)
+    pool = start_workers(settings, plan_path, args.workers)  # before Dagster is imported
+    from migration_assets.engine.migrate import migrate
+    from migration_assets.engine.session import Session
+
     progress = MigrateProgress()
     try:
         report = migrate(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import dagster as dg
+from typing import TYPE_CHECKING, Any
 
 from migration_assets.cli.commands import open_session
 from migration_assets.cli.render import EXIT_CONFIG, EXIT_OK, EXIT_UNVERIFIED, err, out
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 STEPS = ("cutover_ready", "source_frozen", "final_delta", "switch_application")
 # the run's events are in the UI; here the summary and the failing step's own message

@@ -1,18 +1,26 @@
-"""What Dagster remembers about our assets, read the same way by the runner and the report."""
+"""What Dagster remembers about our assets, read the same way by the runner and the report.
+
+Dagster is imported only where it is used: the CLI reads metadata with `meta_text` before
+it imports Dagster, so `migrate` can start its workers first (`engine.local`).
+"""
+
+from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import dagster as dg
-from dagster import DagsterInstance, EventLogRecord
+from typing import TYPE_CHECKING, Any
 
 from migration_assets.plan import TablePlan
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance, EventLogRecord
 
 
 def latest_materializations(
     instance: DagsterInstance, table: TablePlan
 ) -> dict[str, EventLogRecord]:
     """The newest materialization record of each of the table's partitions."""
+    import dagster as dg
+
     wanted = set(table.partition_keys)
     seen: dict[str, EventLogRecord] = {}
     cursor = None

@@ -1,12 +1,19 @@
-"""The Dagster instance in DAGSTER_HOME, as the migration's commands use it."""
+"""The Dagster instance in DAGSTER_HOME, as the migration's commands use it.
+
+Dagster is imported inside the functions that use it: `migrate` prepares its environment
+and starts its workers before its own second of importing Dagster (`engine.local`).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
+from migration_assets.settings import Settings
 
-from migration_assets.defs.keys import TARGET_POOL
+if TYPE_CHECKING:
+    import dagster as dg
 
 FRESH_HOME_YAML = """\
 # Written by migration-assets into an empty DAGSTER_HOME: Dagster's default storage
@@ -29,6 +36,16 @@ def prepare_dagster_home(home: Path) -> None:
         config.write_text(FRESH_HOME_YAML)
 
 
+def prepare_process(settings: Settings, plan_path: Path) -> None:
+    """What every process of one migration inherits: the settings in the environment
+    (resources read secrets from it at run time), the plan's path, DAGSTER_HOME's config."""
+    settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
+    settings.export_environment()
+    os.environ["MIGRATION_PLAN"] = str(plan_path.resolve())
+    assert settings.dagster_home is not None
+    prepare_dagster_home(settings.dagster_home)
+
+
 def open_instance() -> dg.DagsterInstance:
     """The instance at DAGSTER_HOME, with a small storage connection pool.
 
@@ -36,6 +53,8 @@ def open_instance() -> dg.DagsterInstance:
     about 70 per run: more than the copy of a small slice costs. A long-lived process may
     hold a small pool, as the webserver does.
     """
+    import dagster as dg
+
     instance = dg.DagsterInstance.get()
     instance.optimize_for_webserver(statement_timeout=120_000, pool_recycle=3600, max_overflow=4)
     return instance
@@ -45,6 +64,8 @@ def apply_pool_limit(instance: dg.DagsterInstance, limit: int) -> bool:
     """Set the `supabase_target` pool's limit: every step that touches the target holds one
     slot while it runs, whichever process or host runs it. False when the instance's storage
     cannot enforce pools (then the limit is only as good as the worker count)."""
+    from migration_assets.defs.keys import TARGET_POOL
+
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return False

@@ -6,6 +6,9 @@ execute one run after another through Dagster's own execution API. Everything th
 migration guarantees (what a slice means, its verification, index deferral, lost-run
 recovery) lives in the graph; a worker that dies only loses the run it held, which its
 missed heartbeat then fails.
+
+This module imports nothing of Dagster when it loads: `migrate` starts its workers first,
+so their second of imports runs beside its own rather than after it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,33 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migration_assets.db.errors import safe_message
 from migration_assets.engine.driver import this_process
-from migration_assets.engine.session import Outcome, Session
-from migration_assets.engine.work import RunSpec
+from migration_assets.engine.home import prepare_process
+from migration_assets.settings import Settings
 
-ProgressFn = Callable[[Outcome], None]
+if TYPE_CHECKING:
+    from migration_assets.engine.session import Outcome, Session
+    from migration_assets.engine.work import RunSpec
+
+ProgressFn = Callable[["Outcome"], None]
+
+
+def lanes(settings: Settings, workers: int) -> int:
+    """Runs at once: as asked, never more than the target connections allowed."""
+    return max(1, min(workers, settings.migration_target_connections))
+
+
+def start_workers(settings: Settings, plan_path: Path, workers: int) -> WorkerPool | None:
+    """Workers started before this process imports Dagster, so their imports (about a
+    second each) overlap its own; `migrate(pool=...)` releases or closes them."""
+    others = lanes(settings, workers) - 1  # this process is one of the lanes
+    if others < 1:
+        return None
+    prepare_process(settings, plan_path)  # what they inherit: the exported settings
+    return WorkerPool(plan_path, others)
 
 
 def unreachable(outcome: Outcome) -> bool:
@@ -147,6 +169,8 @@ class WorkerPool:
 
 def _report_lost(specs: list[RunSpec], outcomes: list[Outcome], on_done: ProgressFn) -> None:
     """A worker that died took its run with it: report it, never hide it."""
+    from migration_assets.engine.session import Outcome
+
     finished = {o.spec.label for o in outcomes}
     for spec in (s for run in specs for s in run.slices):
         if spec.label not in finished:
@@ -169,6 +193,7 @@ def _worker(
 ) -> None:
     _die_with_parent()
     os.environ.update(env)
+    from migration_assets.engine.session import Session
     from migration_assets.settings import load_settings
 
     for module in _STORAGE_MODULES:  # most of opening an instance is importing its storage
@@ -186,6 +211,8 @@ _STORAGE_MODULES = ("dagster._core.storage.base_storage", "dagster_postgres")
 
 
 def _execute(session: Session, spec: RunSpec) -> list[Outcome]:
+    from migration_assets.engine.session import Outcome
+
     try:
         return session.execute_each(spec)
     except Exception as exc:  # never let one run take a worker (or the pool's owner) down

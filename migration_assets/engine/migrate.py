@@ -13,14 +13,13 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from migration_assets.db.errors import MigrationError
 from migration_assets.defs.liveness import LOST_AFTER_SECONDS, in_flight, reap_lost_runs
 from migration_assets.engine.driver import TAG_DRIVER, has_exited
 from migration_assets.engine.home import apply_pool_limit
-from migration_assets.engine.local import ProgressFn, WorkerPool, run_inline
+from migration_assets.engine.local import ProgressFn, WorkerPool, lanes, run_inline
 from migration_assets.engine.session import Outcome, Session
 from migration_assets.engine.timer import Timer
 from migration_assets.engine.work import (
@@ -30,7 +29,6 @@ from migration_assets.engine.work import (
     slice_runs,
     tail_run,
 )
-from migration_assets.settings import Settings
 
 if TYPE_CHECKING:
     from dagster import RunRecord
@@ -129,21 +127,6 @@ def _beats(session: Session) -> dict[str, float | None]:
     return {f.run.run_id: f.last_beat for f in in_flight(session.instance)}
 
 
-def lanes(settings: Settings, workers: int) -> int:
-    """Runs at once: as asked, never more than the target connections allowed."""
-    return max(1, min(workers, settings.migration_target_connections))
-
-
-def start_workers(settings: Settings, plan_path: Path, workers: int) -> WorkerPool | None:
-    """Workers started before this process opens its session, so their imports (about a
-    second each) overlap its own; `migrate(pool=...)` releases or closes them."""
-    others = lanes(settings, workers) - 1  # this process is one of the lanes
-    if others < 1:
-        return None
-    Session.prepare(settings, plan_path)  # what they inherit: the exported settings
-    return WorkerPool(plan_path, others)
-
-
 def migrate(
     session: Session,
     *,
@@ -157,7 +140,7 @@ def migrate(
 ) -> MigrateReport:
     """Head run, the partition runs that are due, tail run: all recorded in the instance.
     `redo`: (table, partition) pairs a whole-table check found different, resynced too.
-    `pool`: workers the caller started before opening the session (`start_workers`);
+    `pool`: workers the caller started before opening the session (`local.start_workers`);
     migrate releases them, or closes them at once if one run is all there is to do."""
     started = time.perf_counter()
     report = MigrateReport(total_partitions=session.plan.total_partitions(), resync=resync)

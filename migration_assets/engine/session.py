@@ -3,7 +3,6 @@ execute one run of the code location's asset job, exactly as the UI would launch
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -17,7 +16,7 @@ from migration_assets.defs.build import build_definitions
 from migration_assets.defs.history import meta_text
 from migration_assets.defs.keys import REPORT_COMPLETE, REPORT_KEY
 from migration_assets.engine.driver import TAG_DRIVER, this_process
-from migration_assets.engine.home import open_instance, prepare_dagster_home
+from migration_assets.engine.home import open_instance, prepare_process
 from migration_assets.engine.work import RunSpec
 from migration_assets.plan import MigrationPlan, TablePlan, load_plan
 from migration_assets.settings import Settings
@@ -64,21 +63,11 @@ class Session:
         driver: str = "",
     ) -> Session:
         """`driver`: for a worker, the process that owns its pool; otherwise this one."""
-        cls.prepare(settings, plan_path)
+        prepare_process(settings, plan_path)
         plan = load_plan(plan_path)
         defs = build_definitions(plan, settings)
         instance = instance or open_instance()
         return cls(settings, plan_path, plan, defs, instance, driver or this_process())
-
-    @staticmethod
-    def prepare(settings: Settings, plan_path: Path) -> None:
-        """What every process of one migration inherits: the settings in the environment
-        (resources read secrets from it at run time), the plan's path, DAGSTER_HOME's config."""
-        settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
-        settings.export_environment()
-        os.environ["MIGRATION_PLAN"] = str(plan_path.resolve())
-        assert settings.dagster_home is not None
-        prepare_dagster_home(settings.dagster_home)
 
     @property
     def job(self) -> dg.JobDefinition:
