@@ -159,12 +159,14 @@ def restore_indexes(
     more: Callable[[], AbstractContextManager[Connection]],
     lanes: int = 1,
 ) -> None:
-    """Every index in `pending`: one table's one after another (see `restore_index`), the
-    tables over `lanes` connections (`conn` and more from `more`)."""
-    tables: dict[tuple[str, str], list[Deferred]] = {}
+    """Every index in `pending`, in its order, over `lanes` connections (`conn` and more
+    from `more`). Builds on one plain table may run at once (CREATE INDEX shares the table's
+    lock with another), a partitioned table's one after another (see `restore_index`)."""
+    groups: dict[tuple[str, ...], list[Deferred]] = {}
     for index in pending:
-        tables.setdefault((index.schema, index.table), []).append(index)
-    in_lanes(conn, more, lanes, list(tables.values()), restore_index)
+        alone = (index.schema, index.table) if index.then_run else (index.schema, index.name)
+        groups.setdefault(alone, []).append(index)
+    in_lanes(conn, more, lanes, list(groups.values()), restore_index)
 
 
 def restore_index(conn: Connection, index: Deferred) -> None:
