@@ -163,6 +163,7 @@ def test_loaded_tables_are_analyzed_before_the_readiness_check(
     assert code == 0, output
     meta = _metadata(instance, SEQUENCES_KEY)
     assert (meta["analyzed_now"], meta["tables_analyzed"]) == (0, len(plan.tables)), meta
+    assert meta["connections"] == 1, "nothing to ANALYZE, yet a second slot was claimed"
 
     code, output = run_cli(["verify"])
     assert code == 0, output

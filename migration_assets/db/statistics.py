@@ -32,28 +32,34 @@ WHERE (s.schemaname, s.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[])
 """
 
 
+def stale(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The tables whose rows changed since their statistics were taken (a partitioned one
+    always, with its partitions), in the order given.
+
+    A re-run with nothing copied, or a cutover's delta that re-copied one slice, then
+    samples only what moved.
+    """
+    wanted = list(tables)
+    current = _current(conn, wanted)
+    conn.rollback()
+    return [table for table in wanted if table not in current]
+
+
 def analyze(
     conn: Connection,
     tables: Iterable[tuple[str, str]],
     more: Callable[[], AbstractContextManager[Connection]],
     lanes: int = 1,
-) -> tuple[int, float]:
-    """ANALYZE each table whose rows changed since its statistics were taken (a partitioned
-    one always, with its partitions), over `lanes` connections (`conn` and more from
-    `more`), in the order given (largest first finishes soonest): (tables analyzed, seconds).
+) -> float:
+    """ANALYZE `tables` over `lanes` connections (`conn` and more from `more`), in the order
+    given (largest first finishes soonest): the seconds it took.
 
-    A re-run with nothing copied, or a cutover's delta that re-copied one slice, then
-    samples only what moved. A table the role does not own is skipped by the server with a
-    warning, not an error: its statistics are then the owner's business, and the readiness
-    check will say so.
+    A table the role does not own is skipped by the server with a warning, not an error:
+    its statistics are then the owner's business, and the readiness check will say so.
     """
     started = time.perf_counter()
-    wanted = list(tables)
-    current = _current(conn, wanted)
-    conn.rollback()
-    due = [[table] for table in wanted if table not in current]
-    in_lanes(conn, more, lanes, due, _analyze)
-    return len(due), time.perf_counter() - started
+    in_lanes(conn, more, lanes, [[table] for table in tables], _analyze)
+    return time.perf_counter() - started
 
 
 def _analyze(conn: Connection, table: tuple[str, str]) -> None:

@@ -13,7 +13,7 @@ import dagster as dg
 
 from migration_assets.db.indexes import drop_state_if_empty, recorded, restore_indexes
 from migration_assets.db.sequences import lagging_sequences, sync_sequences
-from migration_assets.db.statistics import analyze
+from migration_assets.db.statistics import analyze, stale
 from migration_assets.defs.failures import as_failure
 from migration_assets.defs.keys import (
     INDEXES_KEY,
@@ -37,16 +37,19 @@ def _size(table: TablePlan) -> int:
 
 
 @contextmanager
-def target_lanes(context: dg.AssetExecutionContext, wanted: int = FINISH_LANES) -> Iterator[int]:
-    """Connections a finish step may hold: its own slot of the target pool, and one more per
-    slot free right now, claimed under this run and freed after (never waited for), so the
-    pool's limit still bounds every connection of the migration. A slot left by a killed
-    run is freed with the run's others (`defs.liveness`)."""
+def target_lanes(context: dg.AssetExecutionContext, jobs: int) -> Iterator[int]:
+    """Connections a finish step may hold for `jobs` statements: its own slot of the target
+    pool, and one more per slot free right now (up to FINISH_LANES, never more than there
+    are jobs), claimed under this run and freed after (never waited for), so the pool's
+    limit still bounds every connection of the migration. A slot left by a killed run is
+    freed with the run's others (`defs.liveness`). Nothing to do claims nothing: a re-run
+    pays no pool round trips for it."""
+    wanted = min(FINISH_LANES, jobs)
     storage = context.instance.event_log_storage
     claims: list[str] = []
     lanes = 1
     try:
-        while storage.supports_global_concurrency_limits and lanes < wanted:
+        while lanes < wanted and storage.supports_global_concurrency_limits:
             claims.append(f"{context.op_handle}[lane {lanes}]")
             claim = storage.claim_concurrency_slot(TARGET_POOL, context.run_id, claims[-1])
             if not claim.is_claimed:
@@ -91,7 +94,7 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
         with as_failure("index rebuild"), target.connect() as conn:
             pending = sorted(recorded(conn), key=lambda i: -size.get((i.schema, i.table), 0))
-            with target_lanes(context) as lanes:
+            with target_lanes(context, len(pending)) as lanes:
                 restore_indexes(conn, pending, target.connect, lanes)
             drop_state_if_empty(conn)
         context.log.info(f"{len(pending)} deferred index(es) rebuilt")
@@ -146,8 +149,10 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         with as_failure("sequences"), source.connect() as src, target.connect() as tgt:
             written, advanced = sync_sequences(src, tgt, every)
             tgt.commit()
-            with target_lanes(context) as lanes:
-                analyzed, seconds = analyze(tgt, tables, target.connect, lanes)
+            due = stale(tgt, tables)
+            with target_lanes(context, len(due)) as lanes:
+                seconds = analyze(tgt, due, target.connect, lanes)
+            analyzed = len(due)
         context.log.info(
             f"{written} sequence(s) set; {analyzed} table(s) analyzed, "
             f"{len(tables) - analyzed} unchanged since their last ANALYZE"
