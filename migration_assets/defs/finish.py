@@ -46,19 +46,20 @@ def target_lanes(context: dg.AssetExecutionContext, jobs: int) -> Iterator[int]:
     pays no pool round trips for it."""
     wanted = min(FINISH_LANES, jobs)
     storage = context.instance.event_log_storage
+    run_id, step = context.run.run_id, context.op_execution_context.op_handle
     claims: list[str] = []
     lanes = 1
     try:
         while lanes < wanted and storage.supports_global_concurrency_limits:
-            claims.append(f"{context.op_handle}[lane {lanes}]")
-            claim = storage.claim_concurrency_slot(TARGET_POOL, context.run_id, claims[-1])
+            claims.append(f"{step}[lane {lanes}]")
+            claim = storage.claim_concurrency_slot(TARGET_POOL, run_id, claims[-1])
             if not claim.is_claimed:
                 break  # the claim waits in the pool's queue: withdrawn below
             lanes += 1
         yield lanes
     finally:
         for key in claims:
-            storage.free_concurrency_slot_for_step(context.run_id, key)
+            storage.free_concurrency_slot_for_step(run_id, key)
 
 
 def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
