@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psycopg
 import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
 
 from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import SLICE_CHECKSUM, SLICE_ROW_COUNT
+from migration_assets.devstack.shape import dagster_yaml
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import WHOLE_TABLE_KEY, load_plan
-from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
+from migration_assets_tests.conftest import (
+    ALEMBIC_INI,
+    Databases,
+    Migration,
+    MigrationFactory,
+    unique,
+)
 from migration_assets_tests.faults import refuse_copy, slow_down, speed_up
 from migration_assets_tests.helpers import (
     PLAN_ARGS,
@@ -486,3 +500,58 @@ def test_small_tables_share_a_run_and_each_keeps_its_own_status(
         output
     ), output
     assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_a_migrate_asks_the_dagster_storage_each_schema_question_once(
+    migration: MigrationFactory, stack: DevStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL storage, Dagster asks the catalog whether its own tables and columns
+    exist on almost every event (about 250 times in this re-run), and opens a second
+    connection for each materialization to do it. A migrate remembers each "yes", so a
+    question is asked once per storage (Dagster's run, event and schedule storages each list
+    the tables when they open), however many slices it copies and checks."""
+    assert stack.dagster is not None
+    m = migration()
+    dagster_db = unique("dagster_probes")
+    stack.dagster.admin(f'CREATE DATABASE "{dagster_db}" OWNER dagster')
+    (m.dagster_home / "dagster.yaml").write_text(
+        dagster_yaml(port=stack.dagster.port, db=dagster_db, target_connections=2)
+    )
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", stack.passwords["dagster"])
+    _plan(m, "--split-above", "1000000000")
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+
+    with storage_traffic(dagster_db) as traffic:
+        code, output = run_cli(["migrate", "--workers", "1", "--force"])
+    assert code == 0, output
+    assert "partition(s) copied" in output, output
+    assert traffic.statements > 100, "the re-run wrote no events: nothing was measured"
+    asked = collections.Counter(traffic.reflections)
+    question, times = asked.most_common(1)[0]
+    assert times <= 3, f"asked {times} times: {question[-160:]}"
+
+
+@dataclass
+class StorageTraffic:
+    statements: int = 0
+    reflections: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def storage_traffic(dbname: str) -> Iterator[StorageTraffic]:
+    """Every statement of any SQLAlchemy engine on `dbname` (Dagster's storage) in this
+    process while the block runs; catalog queries with their parameters."""
+    traffic = StorageTraffic()
+
+    def on_statement(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if conn.engine.url.database == dbname:
+            traffic.statements += 1
+            if "pg_catalog" in statement or "information_schema" in statement:
+                traffic.reflections.append(f"{' '.join(statement.split())} {params}")
+
+    sa_event.listen(Engine, "before_cursor_execute", on_statement)
+    try:
+        yield traffic
+    finally:
+        sa_event.remove(Engine, "before_cursor_execute", on_statement)

@@ -6,9 +6,11 @@ and starts its workers before its own second of importing Dagster (`engine.local
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from migration_assets.settings import Settings
 
@@ -57,7 +59,51 @@ def open_instance() -> dg.DagsterInstance:
 
     instance = dg.DagsterInstance.get()
     instance.optimize_for_webserver(statement_timeout=120_000, pool_recycle=3600, max_overflow=4)
+    remember_schema(instance)
     return instance
+
+
+# Storage methods that ask the database whether one of the storage's own tables or columns
+# exists, on every call: per partition run, about 60 catalog reflections, and a second
+# connection opened and closed for each materialization (`has_table` runs inside a
+# transaction that already holds the pool's one connection).
+SCHEMA_PROBES = {
+    "event_log_storage": ("has_table", "has_asset_key_col"),
+    "run_storage": (
+        "has_run_stats_index_cols",
+        "has_backfill_id_column",
+        "has_bulk_actions_selector_cols",
+        "has_bulk_action_job_name_column",
+        "has_backfill_tags_table",
+    ),
+}
+
+
+def remember_schema(instance: dg.DagsterInstance) -> None:
+    """Answer "yes" from memory once the storage has said it: a table or column that exists
+    does not vanish while a command runs, and one that is missing is asked about again (an
+    upgrade may add it). A storage without a probe (another Dagster, SQLite) is left as is."""
+    for storage_name, probes in SCHEMA_PROBES.items():
+        storage = getattr(instance, storage_name)
+        for name in probes:
+            probe = getattr(storage, name, None)
+            if callable(probe):
+                setattr(storage, name, _remember_yes(probe))
+
+
+def _remember_yes(probe: Callable[..., bool]) -> Callable[..., bool]:
+    known: set[tuple[Any, ...]] = set()
+
+    @functools.wraps(probe)
+    def remembered(*args: Any) -> bool:
+        if args in known:
+            return True
+        found = bool(probe(*args))
+        if found:
+            known.add(args)
+        return found
+
+    return remembered
 
 
 def apply_pool_limit(instance: dg.DagsterInstance, limit: int) -> bool:
