@@ -3,11 +3,13 @@ sees invalid and missing partition indexes."""
 
 from __future__ import annotations
 
+import dagster as dg
 import psycopg
 import pytest
 
 from migration_assets.db.catalog import read_catalog
 from migration_assets.db.schema_diff import compare_catalogs
+from migration_assets.defs.keys import INDEXES_KEY
 from migration_assets_tests.conftest import Databases, MigrationFactory
 from migration_assets_tests.helpers import assert_equal_databases, run_cli
 
@@ -112,6 +114,13 @@ def test_deferred_indexes_of_a_partitioned_table_come_back_whole(
     code, output = run_cli(["migrate", "--workers", "2"])
     assert code == 0, output
     assert "2 secondary index(es) were built after the load" in output, output
+    rebuilt = dg.DagsterInstance.from_config(str(m.dagster_home)).get_latest_materialization_event(
+        INDEXES_KEY
+    )
+    assert rebuilt is not None
+    assert rebuilt.asset_materialization is not None
+    # one partitioned table's indexes build one after another: a second slot would idle
+    assert rebuilt.asset_materialization.metadata["connections"].value == 1
     expected = _index_state(source)
     assert len(expected) == 4 * 6, "a primary key and 3 indexes on each of 6 relations"
     after = _index_state(target)

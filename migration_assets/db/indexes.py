@@ -153,20 +153,26 @@ def recorded(conn: Connection) -> list[Deferred]:
     return [Deferred(s, t, n, d, tuple(steps)) for s, t, n, d, steps in rows]
 
 
-def restore_indexes(
-    conn: Connection,
-    pending: Iterable[Deferred],
-    more: Callable[[], AbstractContextManager[Connection]],
-    lanes: int = 1,
-) -> None:
-    """Every index in `pending`, in its order, over `lanes` connections (`conn` and more
-    from `more`). Builds on one plain table may run at once (CREATE INDEX shares the table's
-    lock with another), a partitioned table's one after another (see `restore_index`)."""
+def index_groups(pending: Iterable[Deferred]) -> list[list[Deferred]]:
+    """`pending` in groups that may build at the same time, each in its order: indexes on one
+    plain table may (CREATE INDEX shares the table's lock with another), a partitioned
+    table's go one after another (see `restore_index`)."""
     groups: dict[tuple[str, ...], list[Deferred]] = {}
     for index in pending:
         alone = (index.schema, index.table) if index.then_run else (index.schema, index.name)
         groups.setdefault(alone, []).append(index)
-    in_lanes(conn, more, lanes, list(groups.values()), restore_index)
+    return list(groups.values())
+
+
+def restore_indexes(
+    conn: Connection,
+    groups: list[list[Deferred]],
+    more: Callable[[], AbstractContextManager[Connection]],
+    lanes: int = 1,
+) -> None:
+    """Every index of `groups` (`index_groups`), over `lanes` connections (`conn` and more
+    from `more`); a group's indexes in its order, on one connection."""
+    in_lanes(conn, more, lanes, groups, restore_index)
 
 
 def restore_index(conn: Connection, index: Deferred) -> None:

@@ -11,7 +11,12 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from migration_assets.db.indexes import drop_state_if_empty, recorded, restore_indexes
+from migration_assets.db.indexes import (
+    drop_state_if_empty,
+    index_groups,
+    recorded,
+    restore_indexes,
+)
 from migration_assets.db.sequences import lagging_sequences, sync_sequences
 from migration_assets.db.statistics import analyze, stale
 from migration_assets.defs.failures import as_failure
@@ -95,8 +100,9 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
         with as_failure("index rebuild"), target.connect() as conn:
             pending = sorted(recorded(conn), key=lambda i: -size.get((i.schema, i.table), 0))
-            with target_lanes(context, len(pending)) as lanes:
-                restore_indexes(conn, pending, target.connect, lanes)
+            groups = index_groups(pending)  # a second lane is of use only with two groups
+            with target_lanes(context, len(groups)) as lanes:
+                restore_indexes(conn, groups, target.connect, lanes)
             drop_state_if_empty(conn)
         context.log.info(f"{len(pending)} deferred index(es) rebuilt")
         with as_failure("index check"):
