@@ -18,6 +18,7 @@ from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, sli
 from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import TABLE_CHECKSUM
 from migration_assets.engine.driver import TAG_DRIVER, has_exited, this_process
+from migration_assets.engine.home import remember_schema
 from migration_assets.engine.migrate import _may_be_between_runs
 from migration_assets.engine.session import Session
 from migration_assets.engine.work import CARRY_ROWS, RunSpec, Status, carry, slice_runs
@@ -251,3 +252,25 @@ def test_a_driver_has_exited_only_when_this_host_can_tell() -> None:
     assert not has_exited(f"another-{host}/{pid}/{int(started) + 1}")  # cannot tell: alive
     for unknown in (None, "", "no/pid/x", f"{host}/{pid}/"):
         assert not has_exited(unknown)
+
+
+def test_the_storage_s_yes_is_remembered_and_its_no_asked_again() -> None:
+    """A table that exists stays; one that is missing may be created by an upgrade."""
+    asked: list[str] = []
+    tables = {"event_logs"}
+
+    def has_table(name: str) -> bool:
+        asked.append(name)
+        return name in tables
+
+    storage = SimpleNamespace(has_table=has_table, has_asset_key_col=lambda column: True)
+    instance = SimpleNamespace(event_log_storage=storage, run_storage=SimpleNamespace())
+    remember_schema(cast(dg.DagsterInstance, instance))
+    for _ in range(3):
+        assert storage.has_table("event_logs")
+        assert not storage.has_table("pending_steps")
+    assert storage.has_table(name="event_logs")  # asked by keyword: a question of its own
+    tables.add("pending_steps")
+    assert storage.has_table("pending_steps")
+    assert storage.has_table("pending_steps")
+    assert asked == ["event_logs"] + ["pending_steps"] * 3 + ["event_logs", "pending_steps"]

@@ -82,7 +82,7 @@ SCHEMA_PROBES = {
 def remember_schema(instance: dg.DagsterInstance) -> None:
     """Answer "yes" from memory once the storage has said it: a table or column that exists
     does not vanish while a command runs, and one that is missing is asked about again (an
-    upgrade may add it). A storage without a probe (another Dagster, SQLite) is left as is."""
+    upgrade may add it). A probe this version of Dagster lacks is skipped."""
     for storage_name, probes in SCHEMA_PROBES.items():
         storage = getattr(instance, storage_name)
         for name in probes:
@@ -95,12 +95,13 @@ def _remember_yes(probe: Callable[..., bool]) -> Callable[..., bool]:
     known: set[tuple[Any, ...]] = set()
 
     @functools.wraps(probe)
-    def remembered(*args: Any) -> bool:
-        if args in known:
+    def remembered(*args: Any, **kwargs: Any) -> bool:
+        question = (args, tuple(sorted(kwargs.items())))
+        if question in known:
             return True
-        found = bool(probe(*args))
+        found = bool(probe(*args, **kwargs))
         if found:
-            known.add(args)
+            known.add(question)
         return found
 
     return remembered
