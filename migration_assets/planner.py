@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from migration_assets.db.catalog import Catalog, TableInfo, read_catalog
+from migration_assets.db.catalog import Catalog, TableInfo, count_exactly, read_catalog
 from migration_assets.db.dsn import mask_dsn
+from migration_assets.db.errors import MigrationError
+from migration_assets.db.preflight import row_security_problems
 from migration_assets.db.session import Connection, connect
 from migration_assets.db.slices import Strategy, compute_bounds, range_cast_type
 from migration_assets.plan import (
@@ -81,15 +83,14 @@ def build_plan(
     exclude: frozenset[str] = SCHEMA_OWNED_TABLES,
 ) -> MigrationPlan:
     """Reflect the source into a plan; no table is silently dropped (see `skipped`)."""
-    catalog = read_catalog(conn, exact_counts_below=MIN_ROWS_TO_SPLIT)
+    catalog = read_catalog(conn)
     if schemas:
         catalog = catalog.in_schemas(schemas)
     sizing = _Sizing(rows_per_partition, min_partitions, split_above)
-    tables = [
-        _table_plan(conn, info, sizing)
-        for name, info in sorted(catalog.tables.items())
-        if name not in exclude
-    ]
+    planned = [info for name, info in sorted(catalog.tables.items()) if name not in exclude]
+    _refuse_hidden_rows(conn, planned)
+    count_exactly(conn, planned, below=MIN_ROWS_TO_SPLIT)
+    tables = [_table_plan(conn, info, sizing) for info in planned]
     skipped = dict(catalog.skipped)
     skipped.update({name: "owned by the schema step" for name in exclude if name in catalog.tables})
     return MigrationPlan(
@@ -103,6 +104,16 @@ def build_plan(
         enums={k: list(v) for k, v in catalog.enums.items()},
         skipped=skipped,
     )
+
+
+def _refuse_hidden_rows(conn: Connection, tables: list[TableInfo]) -> None:
+    """Slicing reads each table's keys: name every table whose policies hide rows from this
+    role at once, rather than fail on the first one PostgreSQL refuses."""
+    problems = row_security_problems(conn, [(t.schema, t.name) for t in tables])
+    if problems:
+        raise MigrationError(
+            "nothing was planned; fix these first:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 def _server_encoding(conn: Connection) -> str:

@@ -92,6 +92,7 @@ class TableInfo:
     invalid_indexes: set[str] = field(default_factory=set)  # e.g. ON ONLY, never attached
     partition_indexes: list[PartitionIndex] = field(default_factory=list)
     rls_enabled: bool = False
+    never_analyzed: bool = False  # reltuples is no estimate at all: see `count_exactly`
 
     @property
     def qualified(self) -> str:
@@ -246,22 +247,20 @@ ORDER BY 1, 2
 """
 
 
-def read_catalog(conn: Connection, *, exact_counts_below: int = 0) -> Catalog:
-    """Everything migratable in the connected database, in one short read-only pass."""
+def read_catalog(conn: Connection) -> Catalog:
+    """Everything migratable in the connected database, in one short read-only pass over the
+    catalog (no table's rows: `count_exactly` reads those, once the caller knows it may)."""
     params = {"excluded": sorted(EXCLUDED_SCHEMAS), "first": FIRST_USER_OID}
     tables: dict[int, TableInfo] = {}
-    unanalyzed: list[int] = []
     for oid, schema, name, kind, tuples, size, rls, never in conn.execute(TABLES_SQL, params):
-        tables[oid] = TableInfo(oid, schema, name, kind, tuples, size, rls_enabled=rls)
-        if never or tuples < exact_counts_below:
-            unanalyzed.append(oid)
+        tables[oid] = TableInfo(
+            oid, schema, name, kind, tuples, size, rls_enabled=rls, never_analyzed=never
+        )
     params["oids"] = list(tables)
     _read_columns(conn, tables, params)
     _read_keys(conn, tables, params)
     _read_constraints(conn, tables, params)
     _read_indexes(conn, tables, params)
-    for oid in unanalyzed:
-        tables[oid].reltuples = _exact_count(conn, tables[oid])
     skipped = {
         f"{s}.{n}": "materialized view: refresh it on the target after the data is in"
         if kind == "m"
@@ -328,6 +327,14 @@ def _read_indexes(
         tables[root].partition_indexes.append(
             PartitionIndex(partition, names.get(top, ""), own_name_dropped, valid)
         )
+
+
+def count_exactly(conn: Connection, tables: Iterable[TableInfo], below: int) -> None:
+    """Replace the estimate by a count where it is none (never analysed) or small enough
+    that counting is cheap and slicing by a wrong estimate would matter."""
+    for table in tables:
+        if table.never_analyzed or table.reltuples < below:
+            table.reltuples = _exact_count(conn, table)
 
 
 def _exact_count(conn: Connection, table: TableInfo) -> int:

@@ -55,7 +55,7 @@ def safe_message(exc: BaseException) -> str:
     if names:
         parts.append("(" + ", ".join(names) + ")")
     code = diag.sqlstate or getattr(exc, "sqlstate", None)
-    hint = cancel_hint(exc)
+    hint = cancel_hint(exc) or row_security_hint(exc)
     if hint:
         parts.append(f"- {hint}")
     return (f"[{code}] " if code else "") + " ".join(parts)
@@ -94,6 +94,23 @@ def cancel_hint(exc: BaseException) -> str | None:
         f"cancelled: the statement timeout ({STATEMENT_TIMEOUT_ENV}={ours}) or an operator "
         "cancelled it; nothing was lost. Run again"
     )
+
+
+ROW_SECURITY_FIX = (
+    "Connect as a role that sees every row: a superuser, or one with BYPASSRLS (as a "
+    "superuser: ALTER ROLE <role> BYPASSRLS), or, if the role owns the table, have it run "
+    "ALTER TABLE <table> NO FORCE ROW LEVEL SECURITY for the migration"
+)
+
+
+def row_security_hint(exc: BaseException) -> str | None:
+    """For a query refused under `row_security = off` (or a COPY FROM refused by policies):
+    the table's policies apply to this role, which would read or write only some rows."""
+    if not isinstance(exc, psycopg.Error):
+        return None
+    if "row-level security" not in (exc.diag.message_primary or ""):
+        return None
+    return f"row-level security binds this role: it would see only some rows. {ROW_SECURITY_FIX}"
 
 
 def mask_values(text: str) -> str:

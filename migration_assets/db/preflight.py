@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import psycopg
 from psycopg import sql
 
-from migration_assets.db.errors import safe_message
+from migration_assets.db.errors import ROW_SECURITY_FIX, safe_message
 from migration_assets.db.session import Connection
 from migration_assets.db.slices import own_rows, text_bytes, unsupported_encoding
 
@@ -59,7 +59,39 @@ def source_problems(conn: Connection, tables: list[tuple[str, str]]) -> list[str
     ]
     unreadable = set(missing) | set(lacking)
     readable = [(s, t) for s, t in tables if f"{s}.{t}" not in unreadable]
-    return problems + encoding_problems(conn, readable)
+    return problems + row_security_problems(conn, readable) + encoding_problems(conn, readable)
+
+
+# PostgreSQL's own rule (check_enable_rls): policies bind a role unless it is a superuser,
+# has BYPASSRLS, or owns the table and the table does not FORCE them.
+_POLICY_BOUND = """
+SELECT t.s, t.n
+FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(s, n, i)
+JOIN pg_namespace ns ON ns.nspname = t.s
+JOIN pg_class c ON c.relnamespace = ns.oid AND c.relname = t.n
+JOIN pg_roles r ON r.rolname = current_user
+WHERE c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls
+  AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
+ORDER BY t.i
+"""
+
+
+def row_security_problems(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[str]:
+    """Tables whose policies would show the source role only some of their rows (or none):
+    the copy and its checksum would agree on those, so a partial copy would verify.
+    (Every session also pins `row_security = off`, so PostgreSQL refuses what this misses.)"""
+    pairs = list(tables)
+    if not pairs:
+        return []
+    rows = conn.execute(_POLICY_BOUND, [[s for s, _ in pairs], [t for _, t in pairs]])
+    role = conn.info.user
+    problems = [
+        f"{s}.{t}: row-level security applies to the source role {role}, which would see only "
+        f"the rows its policies allow, and so copy and verify only those. {ROW_SECURITY_FIX}"
+        for s, t in rows.fetchall()
+    ]
+    conn.rollback()
+    return problems
 
 
 # Every byte of these is a character UTF-8 has: their text always converts.

@@ -3,6 +3,10 @@
 Row text (and so every checksum) depends on TimeZone, DateStyle, IntervalStyle,
 extra_float_digits, bytea_output and lc_monetary: the same rows gave different sums under
 another TimeZone. Both servers get the same pins before any query runs.
+
+`row_security = off` is pinned too, as pg_dump does: a table whose policies apply to our role
+would show it only some rows, and the copy and its checksum would agree on those. With the
+pin, PostgreSQL refuses such a query instead of filtering it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ SESSION_PINS: dict[str, str] = {
     "bytea_output": "hex",
     "lc_monetary": "C",
     "client_encoding": "UTF8",
+    "row_security": "off",  # a policy that would hide rows raises instead (module docstring)
 }
 
 NETWORK_TIMEOUT_ENV = "MIGRATION_NETWORK_TIMEOUT"

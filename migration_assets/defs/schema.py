@@ -62,8 +62,9 @@ def build_preflight_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         kinds=KINDS,
         owners=plan.owners,
         description=(
-            "Before anything is written: the source role may read every planned table (and "
-            "its text can become UTF-8), the target role may create, write and load every one "
+            "Before anything is written: the source role may read every row of every planned "
+            "table (no row-level security policy binds it; its text can become UTF-8), the "
+            "target role may create, write and load every one "
             "with triggers off. Fails naming each problem and the GRANT that fixes it."
         ),
     )
