@@ -139,6 +139,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {table['table']} | {parts['verified']}/{parts['total']} | "
             f"{table['rows_verified']:,} | {checks or 'none run'} |"
         )
+    not_copied = report["plan"].get("not_copied") or {}
+    if not_copied:
+        lines += ["", "## Not copied (the plan says why)", ""]
+        lines += [f"- {name}: {why}" for name, why in not_copied.items()]
     lines += ["", "## Global checks", ""]
     for check in report["global_checks"]:
         lines.append(

@@ -202,6 +202,11 @@ def test_report_chain_detects_tampering(migration: MigrationFactory, isolated_cw
     assert all(t["partitions"]["verified"] == t["partitions"]["total"] for t in first["tables"])
     assert "***" in first["configuration"]["SUPABASE_DB_URL"]
     assert first["generated_by"]["os_user"]
+    # what the plan leaves out is in the record, with its reason
+    assert first["plan"]["not_copied"]["public.alembic_version"] == "owned by the schema step"
+    assert (
+        "- public.alembic_version: owned by the schema step" in (out / "audit-0001.md").read_text()
+    )
     assert run_cli(["report", "--check", str(out)])[0] == 0
     original = (out / "audit-0001.json").read_text()
     (out / "audit-0001.json").write_text(

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 
+from migration_assets.db.catalog import LARGE_OBJECTS
 from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import SLICE_CHECKSUM, SLICE_ROW_COUNT
@@ -282,12 +283,20 @@ def test_plan_leaves_supabase_schemas_alone(migration: MigrationFactory) -> None
         conn.execute("CREATE SCHEMA auth; CREATE TABLE auth.users (id int PRIMARY KEY)")
         conn.execute("CREATE SCHEMA storage; CREATE TABLE storage.objects (id int)")
         conn.execute("CREATE MATERIALIZED VIEW patient_count AS SELECT count(*) FROM patients")
-    _plan(m)
+        conn.execute("SELECT lo_from_bytea(0, 'a scanned consent form')")  # in no table
+    code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
+    assert code == 0, output
     data = json.loads(m.plan_path.read_text())
     schemas = {t["schema"] for t in data["tables"]}
     assert schemas == {"public", "reference"}
     assert "public.patient_count" in data["skipped"]
     assert "public.alembic_version" in data["skipped"]
+    # data outside every table is named, never silently left behind
+    assert data["skipped"][LARGE_OBJECTS].startswith("1 large object(s) are not copied")
+    assert f"not copied: {LARGE_OBJECTS}" in output
+    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "reference"])
+    assert code == 0, output
+    assert LARGE_OBJECTS in json.loads(m.plan_path.read_text())["skipped"], "in no schema"
 
 
 def test_definitions_load_from_the_plan_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,7 +123,11 @@ class Catalog:
             tables={k: t for k, t in self.tables.items() if t.schema in keep},
             sequences=[s for s in self.sequences if s.schema in keep],
             enums={k: v for k, v in self.enums.items() if k.split(".", 1)[0] in keep},
-            skipped={k: v for k, v in self.skipped.items() if k.split(".", 1)[0] in keep},
+            skipped={
+                k: v
+                for k, v in self.skipped.items()
+                if k == LARGE_OBJECTS or k.split(".", 1)[0] in keep  # those are in no schema
+            },
         )
 
 
@@ -237,6 +241,11 @@ WHERE c.relkind = 'S' AND {_SCHEMA_FILTER}
 ORDER BY n.nspname, c.relname
 """
 
+# Large objects live in pg_largeobject, outside every table: a table's `oid` column that
+# refers to one would arrive as a bare number. Counted so that the plan says so.
+LARGE_OBJECTS = "large objects (pg_largeobject)"
+LARGE_OBJECTS_SQL = "SELECT count(*) FROM pg_largeobject_metadata"
+
 ENUMS_SQL = """
 SELECT n.nspname, t.typname, array_agg(e.enumlabel::text ORDER BY e.enumsortorder)
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -267,6 +276,7 @@ def read_catalog(conn: Connection) -> Catalog:
         else "foreign table: its data lives elsewhere"
         for s, n, kind in conn.execute(SKIPPED_SQL, params)
     }
+    skipped.update(_large_objects(conn))
     return Catalog(
         server_version=conn.info.server_version,
         tables={t.qualified: t for t in tables.values()},
@@ -274,6 +284,19 @@ def read_catalog(conn: Connection) -> Catalog:
         enums={f"{s}.{n}": tuple(labels) for s, n, labels in conn.execute(ENUMS_SQL, params)},
         skipped=skipped,
     )
+
+
+def _large_objects(conn: Connection) -> dict[str, str]:
+    row = conn.execute(LARGE_OBJECTS_SQL).fetchone()
+    count = int(row[0]) if row else 0
+    if not count:
+        return {}
+    return {
+        LARGE_OBJECTS: f"{count:,} large object(s) are not copied (they belong to no table; a "
+        "column that refers to one arrives as a bare number). Move their contents into bytea "
+        "columns on the source before planning, or restore them on the target separately "
+        "(pg_dump --large-objects)"
+    }
 
 
 def _read_columns(

@@ -252,6 +252,7 @@ def collect_report(
             "created_at": plan.created_at,
             "tables": len(plan.tables),
             "partitions": plan.total_partitions(),
+            "not_copied": dict(sorted(plan.skipped.items())),  # and why: the plan's decisions
         },
         "alembic": {
             "source": schema_meta.get("source_revision", "unknown"),
