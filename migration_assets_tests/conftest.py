@@ -69,6 +69,18 @@ class Databases:
     def target(self) -> str:
         return self.stack.create_target_database(unique("tgt"))
 
+    def existing_pair(self, ddl: str, rows: str, mp: pytest.MonkeyPatch) -> tuple[str, str]:
+        """A source alembic never saw (`ddl` and `rows`, run as the source role, its owner)
+        and a target with the same schema: schema mode `existing`."""
+        source, target = self.source(seeded=False), self.target()
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute(ddl)
+            conn.execute(rows)
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute(ddl)
+        mp.setenv("MIGRATION_SCHEMA_MODE", "existing")
+        return source, target
+
 
 @pytest.fixture(scope="session")
 def databases(stack: DevStack, seeded_template: str) -> Databases:

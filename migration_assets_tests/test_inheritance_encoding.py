@@ -96,20 +96,6 @@ def own_row_digests(url: str, schema: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _existing_schema_pair(
-    databases: Databases, monkeypatch: pytest.MonkeyPatch, ddl: str, rows: str
-) -> tuple[str, str]:
-    """A source alembic never saw, and a target with the same schema (mode `existing`)."""
-    source, target = databases.source(seeded=False), databases.target()
-    with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(ddl)
-        conn.execute(rows)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(ddl)
-    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "existing")
-    return source, target
-
-
 def _failed(output: str, asset: str, check: str) -> bool:
     """The verify table has a FAIL row for exactly this asset and check."""
     row = re.escape(asset) + r"\s+│\s*" + re.escape(check) + r"\s*│\s*FAIL"
@@ -119,9 +105,7 @@ def _failed(output: str, asset: str, check: str) -> bool:
 def test_inheritance_every_relation_holds_its_own_rows(
     migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source, target = _existing_schema_pair(
-        databases, monkeypatch, INHERITANCE_SCHEMA, INHERITANCE_ROWS
-    )
+    source, target = databases.existing_pair(INHERITANCE_SCHEMA, INHERITANCE_ROWS, monkeypatch)
     m = migration(source_url=source, target_url=target)
     _plan(m)
     plan = load_plan(m.plan_path)

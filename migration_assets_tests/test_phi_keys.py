@@ -112,13 +112,7 @@ def test_record_text_unwraps_as_the_server_prints_the_column(databases: Database
 
 
 def _ward(migration: MigrationFactory, databases: Databases, mp: pytest.MonkeyPatch) -> Migration:
-    source, target = databases.source(seeded=False), databases.target()
-    with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-        conn.execute(ROWS)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    mp.setenv("MIGRATION_SCHEMA_MODE", "existing")
+    source, target = databases.existing_pair(SCHEMA, ROWS, mp)
     m = migration(source_url=source, target_url=target)
     code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
     assert code == 0, output

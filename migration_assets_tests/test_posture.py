@@ -67,14 +67,8 @@ def _exposed_target(
 ) -> Migration:
     """A schema provisioned elsewhere, in `public`, by the migration role: Supabase's default
     privileges grant it to anon and authenticated, and nobody turned RLS on."""
-    source, target = databases.source(seeded=False), databases.target()
-    with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(CHARTS)
-        conn.execute(CHART_ROWS)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(CHARTS)
+    source, target = databases.existing_pair(CHARTS, CHART_ROWS, monkeypatch)
     m = migration(source_url=source, target_url=target)
-    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "existing")
     code, output = run_cli(["plan", "--out", str(m.plan_path)])
     assert code == 0, output
     return m

@@ -55,13 +55,7 @@ def _refused_by_name(output: str) -> None:
 def test_a_table_whose_policies_hide_rows_from_the_source_role_is_refused(
     migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source, target = databases.source(seeded=False), databases.target()
-    with psycopg.connect(source, autocommit=True) as conn:  # as the source role, the owner
-        conn.execute(SCHEMA)
-        conn.execute(ROWS)
-    with psycopg.connect(target, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "existing")
+    source, target = databases.existing_pair(SCHEMA, ROWS, monkeypatch)
     m = migration(source_url=source, target_url=target)
     code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ward"])
     assert code == 0, output  # planned before the policy existed
