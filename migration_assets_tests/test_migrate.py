@@ -291,6 +291,9 @@ def test_plan_leaves_supabase_schemas_alone(migration: MigrationFactory) -> None
     assert schemas == {"public", "reference"}
     assert "public.patient_count" in data["skipped"]
     assert "public.alembic_version" in data["skipped"]
+    # an app's own tables in a schema Supabase manages cannot go there: named, with the way out
+    assert "ALTER SCHEMA auth RENAME TO" in data["skipped"]["auth.users"]
+    assert "storage.objects: in schema storage, which Supabase manages" in output
     # data outside every table is named, never silently left behind
     assert data["skipped"][LARGE_OBJECTS].startswith("1 large object(s) are not copied")
     assert f"not copied: {LARGE_OBJECTS}" in output

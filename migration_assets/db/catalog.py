@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from migration_assets.db.session import Connection
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+STATE_SCHEMA = "migration_assets_state"  # ours, on a target, while indexes are deferred
+
 # Supabase-managed schemas: their contents come with the project, never from a migration.
 SUPABASE_SCHEMAS = frozenset(
     {
@@ -31,7 +33,7 @@ SUPABASE_SCHEMAS = frozenset(
         "pgbouncer",
         "_realtime",
         "_analytics",
-        "migration_assets_state",  # ours, on a target, while indexes are deferred
+        STATE_SCHEMA,
     }
 )
 EXCLUDED_SCHEMAS = SYSTEM_SCHEMAS | SUPABASE_SCHEMAS
@@ -151,6 +153,17 @@ SKIPPED_SQL = f"""
 SELECT n.nspname, c.relname, c.relkind::text
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('m', 'f') AND {_SCHEMA_FILTER}
+"""
+
+# A source's own tables in a schema Supabase manages ("auth" is a common name for an app's
+# login tables too): they cannot go there on the target, so the plan must say so.
+MANAGED_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ANY(%(managed)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_depend d
+      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 """
 
 COLUMNS_SQL = """
@@ -276,6 +289,7 @@ def read_catalog(conn: Connection) -> Catalog:
         else "foreign table: its data lives elsewhere"
         for s, n, kind in conn.execute(SKIPPED_SQL, params)
     }
+    skipped.update(_in_managed_schemas(conn))
     skipped.update(_large_objects(conn))
     return Catalog(
         server_version=conn.info.server_version,
@@ -284,6 +298,16 @@ def read_catalog(conn: Connection) -> Catalog:
         enums={f"{s}.{n}": tuple(labels) for s, n, labels in conn.execute(ENUMS_SQL, params)},
         skipped=skipped,
     )
+
+
+def _in_managed_schemas(conn: Connection) -> dict[str, str]:
+    managed = sorted(SUPABASE_SCHEMAS - {STATE_SCHEMA})
+    return {
+        f"{s}.{n}": f"in schema {s}, which Supabase manages (its own tables live there on the "
+        "target), so it is not copied. If it is your application's data, rename the schema "
+        f"on the source (ALTER SCHEMA {s} RENAME TO …) and plan again"
+        for s, n in conn.execute(MANAGED_SQL, {"managed": managed})
+    }
 
 
 def _large_objects(conn: Connection) -> dict[str, str]:

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from migration_assets.db.catalog import STATE_SCHEMA
 from migration_assets.db.lanes import in_lanes
 from migration_assets.db.session import Connection
 from migration_assets.db.slices import own_rows
-
-STATE_SCHEMA = "migration_assets_state"
 
 _DEFERRABLE = """
 SELECT ic.relname, pg_get_indexdef(i.indexrelid)
