@@ -129,3 +129,55 @@ def test_the_readme_app_engine_works_through_the_pooler(
         params.pop(key)
     url = display_url(params, mask=False).replace("postgresql://", "postgresql+psycopg://")
     assert readme_engine_queries(url, str(stack.ca_file)) == [i + 1 for i in range(30)]
+
+
+# Extensions in `public`, tables elsewhere: `pg_dump -n clinic` dumps neither the extensions
+# nor `public`, yet the tables' types and the trigram index name them there.
+EXTENSIONS_DDL = """
+CREATE EXTENSION citext; CREATE EXTENSION hstore; CREATE EXTENSION ltree;
+CREATE EXTENSION cube; CREATE EXTENSION pg_trgm; CREATE EXTENSION btree_gist;
+CREATE SCHEMA clinic;
+CREATE TABLE clinic.staff (email citext PRIMARY KEY, attrs hstore, path ltree, pos cube,
+    name text);
+CREATE INDEX staff_name_trgm ON clinic.staff USING gin (name gin_trgm_ops);
+CREATE TABLE clinic.rooms (room int, during tstzrange,
+    EXCLUDE USING gist (room WITH =, during WITH &&));
+"""
+
+EXTENSIONS_ROWS = """
+INSERT INTO clinic.staff
+SELECT 'User' || i || '@Example.org', hstore('k', i::text) || hstore('ü', NULL),
+       ('top.dept' || (i % 7) || '.n' || i)::ltree, cube(array[i, -i, i / 3.0]), 'name ' || i
+FROM generate_series(1, 700) i;
+INSERT INTO clinic.rooms
+SELECT i % 13, tstzrange(timestamptz '2024-01-01' + i * interval '1 hour',
+                         timestamptz '2024-01-01' + (i + 1) * interval '1 hour')
+FROM generate_series(1, 500) i;
+ANALYZE;
+"""
+
+
+def test_extension_types_come_through_a_pg_dump_schema(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = databases.source(seeded=False)
+    with psycopg.connect(source, autocommit=True) as conn:  # trusted extensions: its owner may
+        conn.execute(EXTENSIONS_DDL)
+        conn.execute(EXTENSIONS_ROWS)
+    m = migration(source_url=source)
+    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "pg_dump")
+    split = ["--split-above", "100", "--rows-per-partition", "150", "--schema", "clinic"]
+    code, output = run_cli(["plan", "--out", str(m.plan_path), *split])
+    assert code == 0, output
+    assert load_plan(m.plan_path).table("clinic.staff").slicing.partitions > 1
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    assert_equal_databases(source, m.target_url, schemas=["clinic"])
+    with psycopg.connect(m.target_url) as conn:
+        where = conn.execute(
+            "SELECT e.extname, n.nspname FROM pg_extension e "
+            "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'citext'"
+        ).fetchall()
+    assert where == [("citext", "public")], "where the dump's names look for it"
+    code, output = run_cli(["verify"])
+    assert code == 0, output

@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from migration_assets.db.errors import VALUE_MASK, mask_values
+from migration_assets.db.schema import tool_error, with_extensions
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import TABLE_CHECKSUM
@@ -274,3 +275,31 @@ def test_the_storage_s_yes_is_remembered_and_its_no_asked_again() -> None:
     assert storage.has_table("pending_steps")
     assert storage.has_table("pending_steps")
     assert asked == ["event_logs"] + ["pending_steps"] * 3 + ["event_logs", "pending_steps"]
+
+
+def test_a_failed_psql_is_reported_by_its_error_line_not_its_caret() -> None:
+    stderr = (
+        'psql:/tmp/x.sql:45: ERROR:  type "public.citext" does not exist\n'
+        "LINE 2:     email public.citext NOT NULL,\n"
+        "                  ^\n"
+    )
+    assert tool_error(stderr) == 'psql:/tmp/x.sql:45: ERROR:  type "public.citext" does not exist'
+    assert tool_error("pg_dump: error: connection failed\n") == "pg_dump: error: connection failed"
+    assert tool_error("something odd\nlast words\n") == "last words"
+    assert tool_error("") == ""
+
+
+def test_the_source_s_extensions_are_created_before_the_dump_needs_them() -> None:
+    dump = "SET x = 1;\nCREATE SCHEMA clinic;\nCREATE TABLE clinic.t (e public.citext);"
+    out = with_extensions(dump, [("citext", "public"), ("ltree", "clinic"), ("hstore", "My Ext")])
+    assert out.splitlines() == [
+        "CREATE SCHEMA IF NOT EXISTS public;",
+        "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public CASCADE;",
+        'CREATE SCHEMA IF NOT EXISTS "My Ext";',
+        'CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA "My Ext" CASCADE;',
+        "SET x = 1;",
+        "CREATE SCHEMA clinic;",  # the dump creates it: the extension follows it there
+        "CREATE EXTENSION IF NOT EXISTS ltree WITH SCHEMA clinic CASCADE;",
+        "CREATE TABLE clinic.t (e public.citext);",
+    ]
+    assert with_extensions(dump, []) == dump

@@ -8,6 +8,7 @@ Alembic migrations (default), a schema provisioned by other means (only verified
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -85,6 +86,7 @@ def pg_dump_schema(
     """
     with psycopg.connect(with_params(source_dsn, connect_timeout="10")) as conn:
         source_version = conn.info.server_version // 10000
+        extensions = [(str(n), str(s)) for n, s in conn.execute(_EXTENSIONS_SQL).fetchall()]
     pg_dump = _tool("pg_dump", bin_dir, at_least=source_version)
     psql = _tool("psql", bin_dir, at_least=0)
     src_info, src_env = _split_password(source_dsn)
@@ -98,7 +100,7 @@ def pg_dump_schema(
             ln for ln in dump.splitlines() if not ln.startswith("SET transaction_timeout")
         )
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as fh:
-        fh.write(dump)
+        fh.write(with_extensions(dump, extensions))
     try:
         _run(
             [
@@ -118,6 +120,38 @@ def pg_dump_schema(
         )
     finally:
         os.unlink(fh.name)
+
+
+_EXTENSIONS_SQL = """
+SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname <> 'plpgsql' ORDER BY e.oid
+"""
+
+
+def with_extensions(dump: str, extensions: list[tuple[str, str]]) -> str:
+    """The dump, creating the source's extensions first: `pg_dump -n` leaves them out, and
+    its tables' types (citext, hstore) and defaults name them in the source's schema.
+
+    Each goes into the schema it has on the source, so those names resolve: right after the
+    dump creates that schema, or first of all for one the dump does not create (`public`).
+    One the target already has is left as it is (IF NOT EXISTS)."""
+    lines = dump.splitlines()
+    first: list[str] = []
+    for name, schema in extensions:
+        quoted = _ident(schema)
+        create = f"CREATE EXTENSION IF NOT EXISTS {_ident(name)} WITH SCHEMA {quoted} CASCADE;"
+        at = lines.index(f"CREATE SCHEMA {quoted};") if f"CREATE SCHEMA {quoted};" in lines else -1
+        if at >= 0:
+            lines.insert(at + 1, create)
+        else:
+            first += [f"CREATE SCHEMA IF NOT EXISTS {quoted};", create]
+    return "\n".join(first + lines)
+
+
+def _ident(name: str) -> str:
+    """Quoted as pg_dump quotes: only where the name needs it."""
+    plain = name.isidentifier() and name == name.lower() and name.isascii()
+    return name if plain else '"' + name.replace('"', '""') + '"'
 
 
 def _tool(name: str, bin_dir: Path | None, *, at_least: int) -> str:
@@ -180,9 +214,16 @@ def _split_password(dsn: str) -> tuple[str, dict[str, str]]:
 def _run(args: list[str], env: dict[str, str], what: str) -> str:
     proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        tail = mask_values(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "")
-        raise MigrationError(f"{what} failed (exit {proc.returncode}): {tail}")
+        raise MigrationError(f"{what} failed (exit {proc.returncode}): {tool_error(proc.stderr)}")
     return proc.stdout
+
+
+def tool_error(stderr: str) -> str:
+    """The line that says what went wrong: psql ends its report with the statement's LINE
+    and a caret, so the last line alone said nothing. Schema text only, values masked."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if re.search(r"\b(ERROR|FATAL|error):", ln)]
+    return mask_values(said[0] if said else (lines[-1] if lines else ""))
 
 
 def harden(
