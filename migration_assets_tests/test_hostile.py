@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from migration_assets.devstack.stack import SOURCE_ROLE
 from migration_assets.plan import load_plan
 from migration_assets_tests.conftest import Databases, MigrationFactory
 from migration_assets_tests.helpers import assert_equal_databases, readme_engine_queries, run_cli
@@ -179,5 +180,55 @@ def test_extension_types_come_through_a_pg_dump_schema(
             "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'citext'"
         ).fetchall()
     assert where == [("citext", "public")], "where the dump's names look for it"
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+
+
+# The source role is `clinic`: with PostgreSQL's default search_path ("$user", public) the
+# source prints `clinic.things` as `things`, which the target (another role) cannot resolve.
+REG_DDL = f"""
+CREATE SCHEMA {SOURCE_ROLE};
+CREATE TYPE {SOURCE_ROLE}.mood AS ENUM ('ok', 'not ok');
+CREATE TABLE {SOURCE_ROLE}.things (id int PRIMARY KEY);
+CREATE SCHEMA records;
+CREATE TABLE records.refs (id int PRIMARY KEY, rel regclass, typ regtype, typs regtype[],
+    ns regnamespace, cfg regconfig, fn regprocedure);
+"""
+
+REG_ROWS = f"""
+INSERT INTO records.refs
+SELECT i, '{SOURCE_ROLE}.things', '{SOURCE_ROLE}.mood',
+       ARRAY['{SOURCE_ROLE}.mood', 'int4']::regtype[], '{SOURCE_ROLE}', 'english',
+       'pg_catalog.lower(text)'
+FROM generate_series(1, 30) i;
+"""
+
+
+def test_columns_that_name_schema_objects_arrive_naming_the_same_objects(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """regclass and its kin are OIDs on disk: the same table has another OID on the target,
+    so such columns travel as names, printed and read under one search_path on both sides."""
+    source, target = databases.existing_pair(REG_DDL, REG_ROWS, monkeypatch)
+    with psycopg.connect(target, autocommit=True) as conn:  # no chance of equal OIDs
+        conn.execute(f"DROP TABLE {SOURCE_ROLE}.things; CREATE TABLE {SOURCE_ROLE}.things (id int)")
+    m = migration(source_url=source, target_url=target)
+    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "records"])
+    assert code == 0, output
+    assert not load_plan(m.plan_path).table("records.refs").binary_safe
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+
+    def named(url: str) -> list[tuple[object, ...]]:
+        with psycopg.connect(url) as conn:
+            conn.execute("SET search_path TO ''")  # every name qualified
+            return conn.execute(
+                "SELECT id, rel::text, typ::text, typs::text, ns::text, cfg::text, fn::text, "
+                "rel::oid = to_regclass(rel::text)::oid FROM records.refs ORDER BY id"
+            ).fetchall()
+
+    rows = named(target)
+    assert rows == named(source)
+    assert rows[0][1:3] == (f"{SOURCE_ROLE}.things", f"{SOURCE_ROLE}.mood")
     code, output = run_cli(["verify"])
     assert code == 0, output

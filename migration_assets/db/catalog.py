@@ -166,13 +166,21 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ANY(%(man
       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 """
 
+# Built-in types whose binary form is the OID of a catalog object (a table, a type, a role):
+# the same name has another OID on the target, so only their text (the name) may travel.
+OID_ALIAS_TYPES = (
+    "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper",
+    "regoperator", "regproc", "regprocedure", "regrole", "regtype",
+)  # fmt: skip
+
 COLUMNS_SQL = """
 SELECT a.attrelid::int8, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        a.attgenerated <> '', a.attidentity::text,
-       (a.atttypid < %(first)s AND coalesce(el.oid, 0) < %(first)s)
+       ((a.atttypid < %(first)s AND coalesce(el.oid, 0) < %(first)s)
          OR t.typtype = 'e'
          OR (t.typtype = 'd' AND t.typbasetype < %(first)s
-             AND coalesce(bel.oid, 0) < %(first)s),
+             AND coalesce(bel.oid, 0) < %(first)s))
+       AND coalesce(el.typname, bel.typname, bt.typname, t.typname) <> ALL(%(oid_aliases)s),
        pg_get_expr(ad.adbin, ad.adrelid)
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
@@ -272,7 +280,11 @@ ORDER BY 1, 2
 def read_catalog(conn: Connection) -> Catalog:
     """Everything migratable in the connected database, in one short read-only pass over the
     catalog (no table's rows: `count_exactly` reads those, once the caller knows it may)."""
-    params = {"excluded": sorted(EXCLUDED_SCHEMAS), "first": FIRST_USER_OID}
+    params = {
+        "excluded": sorted(EXCLUDED_SCHEMAS),
+        "first": FIRST_USER_OID,
+        "oid_aliases": list(OID_ALIAS_TYPES),
+    }
     tables: dict[int, TableInfo] = {}
     for oid, schema, name, kind, tuples, size, rls, never in conn.execute(TABLES_SQL, params):
         tables[oid] = TableInfo(

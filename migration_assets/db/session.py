@@ -38,6 +38,9 @@ SESSION_PINS: dict[str, str] = {
     "lc_monetary": "C",
     "client_encoding": "UTF8",
     "row_security": "off",  # a policy that would hide rows raises instead (module docstring)
+    # the text of a regclass or regtype value names its schema unless the search_path makes
+    # it visible, and each role has its own ("$user" differs): one path on both servers
+    "search_path": "public",
 }
 
 NETWORK_TIMEOUT_ENV = "MIGRATION_NETWORK_TIMEOUT"
