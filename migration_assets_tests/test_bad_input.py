@@ -238,3 +238,55 @@ def test_a_table_the_role_may_not_write_is_named(
     assert code == 2, output
     assert "public.items: role postgres lacks SELECT, INSERT or DELETE" in output
     assert "GRANT SELECT, INSERT, DELETE ON public.items TO postgres" in output
+
+
+TRIGGER_DDL = """
+CREATE SCHEMA ward;
+CREATE TABLE ward.notes (id int PRIMARY KEY, body text, touched timestamptz);
+CREATE TABLE ward.events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE ward.events_2024 PARTITION OF ward.events
+    FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE FUNCTION ward.touch() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN NEW.touched := now(); RETURN NEW; END $$;
+CREATE TRIGGER touch BEFORE INSERT ON ward.notes FOR EACH ROW EXECUTE FUNCTION ward.touch();
+CREATE FUNCTION ward.shift() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN NEW.at := NEW.at + 1; RETURN NEW; END $$;
+CREATE TRIGGER "Shift" BEFORE INSERT ON ward.events_2024 FOR EACH ROW EXECUTE FUNCTION ward.shift();
+"""
+
+TRIGGER_ROWS = """
+INSERT INTO ward.notes (id, body) SELECT i, 'note ' || i FROM generate_series(1, 40) i;
+INSERT INTO ward.events SELECT i, date '2024-03-01' + i FROM generate_series(1, 30) i;
+"""
+
+
+def test_a_target_trigger_that_would_fire_during_the_load_is_named_before_any_row(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load holds ordinary triggers back (session_replication_role = replica); an ALWAYS
+    trigger still fires and a REPLICA one fires only then: each would rewrite migrated rows,
+    so that every retry failed its checksum with no word of why."""
+    source, target = databases.existing_pair(TRIGGER_DDL, TRIGGER_ROWS, monkeypatch)
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ward.notes ENABLE ALWAYS TRIGGER touch")
+        conn.execute('ALTER TABLE ward.events_2024 ENABLE REPLICA TRIGGER "Shift"')
+    m = migration(source_url=source, target_url=target)
+    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ward"])
+    assert code == 0, output
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code != 0, output
+    flat = " ".join(output.split())
+    assert "ward.notes: trigger touch is ENABLE ALWAYS" in flat, output
+    assert 'ALTER TABLE "ward"."notes" ENABLE TRIGGER "touch";' in flat, output
+    assert "ward.events (partition events_2024): trigger Shift is ENABLE REPLICA" in flat, output
+    assert 'ALTER TABLE "ward"."events_2024" DISABLE TRIGGER "Shift";' in flat, output
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM ward.notes").fetchone() == (0,)
+
+    with psycopg.connect(target, autocommit=True) as conn:  # as the message says
+        conn.execute('ALTER TABLE "ward"."notes" ENABLE TRIGGER "touch"')
+        conn.execute('ALTER TABLE "ward"."events_2024" DISABLE TRIGGER "Shift"')
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    code, output = run_cli(["verify"])
+    assert code == 0, output
