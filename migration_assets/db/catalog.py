@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from migration_assets.db.errors import MigrationError
 from migration_assets.db.session import Connection
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
@@ -280,6 +281,7 @@ ORDER BY 1, 2
 def read_catalog(conn: Connection) -> Catalog:
     """Everything migratable in the connected database, in one short read-only pass over the
     catalog (no table's rows: `count_exactly` reads those, once the caller knows it may)."""
+    refuse_old_server(conn.info.server_version)
     params = {
         "excluded": sorted(EXCLUDED_SCHEMAS),
         "first": FIRST_USER_OID,
@@ -309,6 +311,26 @@ def read_catalog(conn: Connection) -> Catalog:
         sequences=[SequenceInfo(*row) for row in conn.execute(SEQUENCES_SQL, params)],
         enums={f"{s}.{n}": tuple(labels) for s, n, labels in conn.execute(ENUMS_SQL, params)},
         skipped=skipped,
+    )
+
+
+MIN_SERVER_VERSION = 120000  # generated columns (attgenerated); tested from 14 to 18
+
+
+def refuse_old_server(version: int) -> None:
+    """Older catalogs lack what is read here: say so, rather than fail on a missing column."""
+    if version < MIN_SERVER_VERSION:
+        raise MigrationError(
+            f"the source runs PostgreSQL {_major(version)}: "
+            f"this tool reads PostgreSQL {MIN_SERVER_VERSION // 10000} or newer. Upgrade it "
+            "first (pg_upgrade, or dump and restore into a newer server), then plan from that"
+        )
+
+
+def _major(version: int) -> str:
+    """10 and later number their major release once (110022: 11), 9.x twice (90624: 9.6)."""
+    return (
+        str(version // 10000) if version >= 100000 else f"{version // 10000}.{version // 100 % 100}"
     )
 
 
