@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from migration_assets.db.dsn import parse_dsn
 from migration_assets.devstack.stack import SOURCE_ROLE
 from migration_assets.plan import load_plan
 from migration_assets_tests.conftest import Databases, MigrationFactory
@@ -230,5 +231,45 @@ def test_columns_that_name_schema_objects_arrive_naming_the_same_objects(
     rows = named(target)
     assert rows == named(source)
     assert rows[0][1:3] == (f"{SOURCE_ROLE}.things", f"{SOURCE_ROLE}.mood")
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+
+
+def test_an_extension_type_in_supabase_s_extensions_schema_is_the_source_s_public_one(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Supabase installs extensions into `extensions` and puts it on the role's search_path;
+    a clinic's server has them in `public`. `citext` is the same type on both sides, and a
+    regtype naming it must resolve on the target."""
+    source, target = databases.source(seeded=False), databases.target()
+    ddl = "CREATE SCHEMA ward; CREATE TABLE ward.staff (email citext PRIMARY KEY, kind regtype);"
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION citext")
+        conn.execute(ddl)
+        conn.execute(
+            "INSERT INTO ward.staff SELECT 'Nurse' || i || '@Example.org', 'citext' "
+            "FROM generate_series(1, 60) i"
+        )
+    assert databases.stack.target is not None
+    databases.stack.target.admin(
+        "CREATE EXTENSION citext SCHEMA extensions", dbname=str(parse_dsn(target)["dbname"])
+    )
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(ddl)  # as a schema made on Supabase: citext found on the search_path
+        found = conn.execute("SELECT 'ward.staff'::regclass IS NOT NULL").fetchone()
+    assert found == (True,)
+    monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "existing")
+    m = migration(source_url=source, target_url=target)
+    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ward"])
+    assert code == 0, output
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    with psycopg.connect(target) as conn:
+        kinds = conn.execute(
+            "SELECT DISTINCT n.nspname FROM ward.staff s JOIN pg_type t ON t.oid = s.kind "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace"
+        ).fetchall()
+    assert kinds == [("extensions",)], "the name found the target's own citext"
+    assert_equal_databases(source, target, schemas=["ward"])
     code, output = run_cli(["verify"])
     assert code == 0, output

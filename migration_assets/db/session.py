@@ -38,10 +38,12 @@ SESSION_PINS: dict[str, str] = {
     "lc_monetary": "C",
     "client_encoding": "UTF8",
     "row_security": "off",  # a policy that would hide rows raises instead (module docstring)
-    # the text of a regclass or regtype value names its schema unless the search_path makes
-    # it visible, and each role has its own ("$user" differs): one path on both servers
-    "search_path": "public",
+    # the text of a regclass or regtype value (and a column's type, as the schema check reads
+    # it) names its schema unless the search_path makes it visible, and each role has its own
+    # ("$user" differs): one path on both servers, Supabase's without "$user"
+    "search_path": "public, extensions",
 }
+LIST_PINS = frozenset({"search_path"})  # a list of names: each quoted on its own
 
 NETWORK_TIMEOUT_ENV = "MIGRATION_NETWORK_TIMEOUT"
 DEFAULT_NETWORK_TIMEOUT = 60
@@ -126,7 +128,11 @@ def pin_session(conn: Connection, extra: dict[str, str] | None = None) -> None:
     the rest, and it replaces the server's limit for the whole session.
     """
     pins = {"statement_timeout": str(statement_timeout()), **SESSION_PINS, **(extra or {})}
-    statements = "; ".join(f"SET {name} TO '{value}'" for name, value in pins.items())
+    statements = "; ".join(
+        f"SET {name} TO "
+        + ", ".join(f"'{v}'" for v in (value.split(", ") if name in LIST_PINS else [value]))
+        for name, value in pins.items()
+    )
     conn.execute(statements.encode())
 
 

@@ -15,7 +15,8 @@ DAGSTER_DB = "dagster"
 
 # What a fresh Supabase project looks like to the `postgres` role, as far as it matters
 # here: the role owns the database but is no superuser, may set session_replication_role,
-# and anything it creates in `public` is granted to the Data API roles by default.
+# finds `extensions` on its search_path, and anything it creates in `public` is granted to the
+# Data API roles by default.
 # Statements are capped as on Supabase: two minutes for every role (TARGET_CONF), seconds
 # for the API roles; a migration session must set its own limit or long slices fail.
 TARGET_CONF = """
@@ -30,6 +31,7 @@ ALTER ROLE anon SET statement_timeout = '3s';
 ALTER ROLE authenticated SET statement_timeout = '8s';
 CREATE ROLE {role} LOGIN NOSUPERUSER CREATEDB CREATEROLE BYPASSRLS PASSWORD {password};
 GRANT SET ON PARAMETER session_replication_role TO {role};
+ALTER ROLE {role} SET search_path TO "$user", public, extensions;
 GRANT pg_read_all_stats TO {role};
 """
 
