@@ -24,7 +24,7 @@ from migration_assets.devstack.stack import DevStack
 from migration_assets.engine.session import Session
 from migration_assets.engine.work import slice_run
 from migration_assets.settings import load_settings
-from migration_assets_tests.conftest import Migration, MigrationFactory
+from migration_assets_tests.conftest import Databases, Migration, MigrationFactory
 from migration_assets_tests.helpers import plan_and_migrate, run_cli
 
 pytestmark = pytest.mark.integration
@@ -263,3 +263,59 @@ def test_migrate_ends_with_the_audit_report_after_the_sequences_checks(
     resynced = json.loads((m.dagster_home / "audit" / "audit-0003.json").read_text())
     stale = [p for p in resynced["verdict"]["problems"] if "not run since" in p]
     assert len(stale) == sum(len(t["checks"]) for t in resynced["tables"]), resynced["verdict"]
+
+
+ORPHAN_DDL = """
+CREATE SCHEMA ward;
+CREATE TABLE ward.ward (id int PRIMARY KEY);
+CREATE TABLE ward.bed (id int PRIMARY KEY, ward_id int);
+"""
+ORPHAN_ROWS = """
+INSERT INTO ward.ward VALUES (1), (2);
+INSERT INTO ward.bed VALUES (1, 1), (2, 2), (3, 99);
+"""
+# NOT VALID: the key holds for new rows only, so the source keeps its orphan (bed 3)
+NOT_VALID_FK = (
+    "ALTER TABLE ward.bed ADD CONSTRAINT bed_ward FOREIGN KEY (ward_id) REFERENCES ward.ward "
+    "NOT VALID"
+)
+
+
+def _bed_foreign_keys(m: Migration) -> dg.AssetCheckEvaluation:
+    result = _runner(m).run_checks()
+    found = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == dg.AssetKey(["ward", "bed"]) and e.check_name == FOREIGN_KEYS_INTACT
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_orphans_the_source_has_too_are_listed_not_failed(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A faithful copy of a source's orphans (under a NOT VALID key) is no loss: failing it
+    left the audit incomplete for good. An orphan the copy made still fails."""
+    source, target = databases.existing_pair(ORPHAN_DDL, ORPHAN_ROWS, monkeypatch)
+    for url in (source, target):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(NOT_VALID_FK)
+    m = migration(source_url=source, target_url=target)
+    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ward"])
+    assert code == 0, output
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+    clean = _bed_foreign_keys(m)
+    assert clean.passed
+    listed = str(clean.metadata["as_on_source"].value)
+    assert "bed_ward -> ward.ward: 1 orphan row(s), as on the source (1)" in listed
+
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM ward.ward WHERE id = 2")  # bed 2 loses its ward here only
+    broken = _bed_foreign_keys(m)
+    assert not broken.passed
+    assert "2 orphan row(s) (1 on the source)" in str(broken.metadata["orphans"].value)
