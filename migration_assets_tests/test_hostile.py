@@ -273,3 +273,40 @@ def test_an_extension_type_in_supabase_s_extensions_schema_is_the_source_s_publi
     assert_equal_databases(source, target, schemas=["ward"])
     code, output = run_cli(["verify"])
     assert code == 0, output
+
+
+SEQUENCE_DDL = """
+CREATE SCHEMA ledger;
+CREATE SEQUENCE ledger.down_seq INCREMENT BY -1 MINVALUE -1000000 MAXVALUE -1 START -1;
+CREATE TABLE ledger.refunds (id int PRIMARY KEY DEFAULT nextval('ledger.down_seq'), amount int);
+ALTER SEQUENCE ledger.down_seq OWNED BY ledger.refunds.id;
+CREATE TABLE ledger.notes (id serial PRIMARY KEY, body text);
+"""
+
+# Each table also holds a key its sequence has not handed out yet (an explicit id).
+SEQUENCE_ROWS = """
+INSERT INTO ledger.refunds (amount) SELECT i FROM generate_series(1, 50) i;
+INSERT INTO ledger.refunds VALUES (-80, 0);
+INSERT INTO ledger.notes (body) SELECT 'note' FROM generate_series(1, 20) i;
+INSERT INTO ledger.notes VALUES (30, 'explicit');
+"""
+
+
+def test_every_sequence_hands_out_a_new_key_whichever_way_it_counts(
+    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A descending sequence's keys grow downwards: it must end up below its column's min.
+    Set past the max instead, its next value was a key the table already held."""
+    source, target = databases.existing_pair(SEQUENCE_DDL, SEQUENCE_ROWS, monkeypatch)
+    m = migration(source_url=source, target_url=target)
+    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ledger"])
+    assert code == 0, output
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+    with psycopg.connect(target) as conn:
+        down = conn.execute("SELECT nextval('ledger.down_seq')").fetchone()
+        up = conn.execute("SELECT nextval('ledger.notes_id_seq')").fetchone()
+    assert down == (-81,), "below -80, the column's min"
+    assert up == (31,), "above 30, the column's max"

@@ -19,24 +19,30 @@ class SequenceState:
     qualified: str
     last_value: int
     is_called: bool
+    increment: int = 1  # negative: a descending sequence, whose keys grow downwards
 
     @property
-    def next_value_floor(self) -> int:
-        """The smallest value nextval() can return (for ascending sequences)."""
-        return self.last_value + 1 if self.is_called else self.last_value
+    def next_value(self) -> int:
+        """What nextval() returns next."""
+        return self.last_value + self.increment if self.is_called else self.last_value
+
+    def collides(self, extreme: int) -> bool:
+        """Whether the next value is among the column's (at or past its max, or its min for a
+        descending sequence): the application's next INSERT would reuse a migrated key."""
+        return self.next_value <= extreme if self.increment > 0 else self.next_value >= extreme
 
 
 @dataclass(frozen=True)
 class SequenceLag:
     sequence: str
     column: str
-    column_max: int
+    column_value: int  # its max, or its min under a descending sequence
     next_value: int
 
     def __str__(self) -> str:
         return (
             f"{self.sequence} would hand out {self.next_value} but {self.column} already "
-            f"holds {self.column_max}"
+            f"holds {self.column_value}"
         )
 
 
@@ -49,10 +55,14 @@ def read_sequences(conn: Connection, names: Iterable[str]) -> dict[str, Sequence
     states = {}
     for name in names:
         row = conn.execute(
-            sql.SQL("SELECT last_value, is_called FROM {}").format(_rel(name))
+            sql.SQL(
+                "SELECT s.last_value, s.is_called, p.seqincrement FROM {} s "
+                "JOIN pg_catalog.pg_sequence p ON p.seqrelid = %s::regclass"
+            ).format(_rel(name)),
+            [_regclass_text(name)],
         ).fetchone()
         assert row is not None
-        states[name] = SequenceState(name, int(row[0]), bool(row[1]))
+        states[name] = SequenceState(name, int(row[0]), bool(row[1]), int(row[2]))
     return states
 
 
@@ -72,9 +82,12 @@ def _regclass_text(qualified: str) -> str:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name)).as_string()
 
 
-def column_max(conn: Connection, table: str, column: str) -> int | None:
+def column_extreme(conn: Connection, table: str, column: str, state: SequenceState) -> int | None:
+    """The column's value the sequence must stay beyond: its max, or its min for a
+    descending sequence."""
+    extreme = sql.SQL("max" if state.increment > 0 else "min")
     row = conn.execute(
-        sql.SQL("SELECT max({})::int8 FROM {}").format(sql.Identifier(column), _rel(table))
+        sql.SQL("SELECT {}({})::int8 FROM {}").format(extreme, sql.Identifier(column), _rel(table))
     ).fetchone()
     return int(row[0]) if row and row[0] is not None else None
 
@@ -93,21 +106,24 @@ def sync_sequences(
     advanced: list[str] = []
     for name, table, column in triples:
         state = states[name]
-        top = column_max(target, table, column) if table and column else None
-        if top is not None and state.next_value_floor <= top:
-            states[name] = SequenceState(name, top, True)
+        top = column_extreme(target, table, column, state) if table and column else None
+        if top is not None and state.collides(top):
+            states[name] = SequenceState(name, top, True, state.increment)
+            which = "max" if state.increment > 0 else "min"
             advanced.append(
-                f"{name}: source at {state.last_value}, advanced to {top} ({table}.{column} max)"
+                f"{name}: source at {state.last_value}, advanced to {top} "
+                f"({table}.{column} {which})"
             )
     return write_sequences(target, states.values()), advanced
 
 
 def lagging_sequences(conn: Connection, owned: Iterable[tuple[str, str, str]]) -> list[SequenceLag]:
-    """(sequence, table, column) triples whose next value is not above the column's max."""
+    """(sequence, table, column) triples whose next value is not beyond the column's values
+    (above its max; below its min for a descending sequence)."""
     found = []
     for sequence, table, column in owned:
         state = read_sequences(conn, [sequence])[sequence]
-        top = column_max(conn, table, column)
-        if top is not None and state.next_value_floor <= top:
-            found.append(SequenceLag(sequence, f"{table}.{column}", top, state.next_value_floor))
+        top = column_extreme(conn, table, column, state)
+        if top is not None and state.collides(top):
+            found.append(SequenceLag(sequence, f"{table}.{column}", top, state.next_value))
     return found

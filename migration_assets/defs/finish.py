@@ -144,7 +144,8 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         owners=plan.owners,
         description=(
             f"Sets {len(every)} target sequence(s) to the source's values after the data is "
-            "in (never at or below a column's max), so the application's next INSERT does not "
+            "in (never at a value its column holds: past the max, or the min for a descending "
+            "sequence), so the application's next INSERT does not "
             "collide with a migrated key; then ANALYZEs every migrated table whose rows changed "
             "since its last ANALYZE, so the planner has statistics before the app's queries "
             "are timed (and before cutover)."
@@ -187,7 +188,10 @@ def build_sequences_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
         asset=SEQUENCES_KEY,
         name=SEQUENCES_AHEAD,
         pool=TARGET_POOL,
-        description="Every sequence's next value is above its column's largest value.",
+        description=(
+            "Every sequence's next value is beyond its column's values (below the min for a "
+            "descending one)."
+        ),
     )
     def sequences_ahead(target: TargetDatabase) -> dg.AssetCheckResult:
         with as_failure("sequences check"), target.connect() as tgt:
