@@ -88,6 +88,17 @@ def plan_and_migrate(plan_path: Path, *, workers: int) -> None:
     assert code == 0, output
 
 
+def migrated_and_verified(plan_path: Path, *plan_args: str) -> None:
+    """`plan` (with `plan_args`), then `migrate` and `verify`: each must succeed."""
+    for args in (
+        ["plan", "--out", str(plan_path), *plan_args],
+        ["migrate", "--workers", "1"],
+        ["verify"],
+    ):
+        code, output = run_cli(args)
+        assert code == 0, output
+
+
 def cli_process(args: Sequence[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     """The CLI as its own process group, so a test can SIGKILL all of it."""
     return subprocess.Popen(

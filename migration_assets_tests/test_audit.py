@@ -25,7 +25,7 @@ from migration_assets.engine.session import Session
 from migration_assets.engine.work import slice_run
 from migration_assets.settings import load_settings
 from migration_assets_tests.conftest import Databases, Migration, MigrationFactory
-from migration_assets_tests.helpers import plan_and_migrate, run_cli
+from migration_assets_tests.helpers import migrated_and_verified, plan_and_migrate, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -302,12 +302,7 @@ def test_orphans_the_source_has_too_are_listed_not_failed(
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(NOT_VALID_FK)
     m = migration(source_url=source, target_url=target)
-    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ward"])
-    assert code == 0, output
-    code, output = run_cli(["migrate", "--workers", "1"])
-    assert code == 0, output
-    code, output = run_cli(["verify"])
-    assert code == 0, output
+    migrated_and_verified(m.plan_path, "--schema", "ward")
     clean = _bed_foreign_keys(m)
     assert clean.passed
     listed = str(clean.metadata["as_on_source"].value)

@@ -9,7 +9,12 @@ from migration_assets.db.dsn import parse_dsn
 from migration_assets.devstack.stack import SOURCE_ROLE
 from migration_assets.plan import load_plan
 from migration_assets_tests.conftest import Databases, MigrationFactory
-from migration_assets_tests.helpers import assert_equal_databases, readme_engine_queries, run_cli
+from migration_assets_tests.helpers import (
+    assert_equal_databases,
+    migrated_and_verified,
+    readme_engine_queries,
+    run_cli,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -169,11 +174,8 @@ def test_extension_types_come_through_a_pg_dump_schema(
     m = migration(source_url=source)
     monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "pg_dump")
     split = ["--split-above", "100", "--rows-per-partition", "150", "--schema", "clinic"]
-    code, output = run_cli(["plan", "--out", str(m.plan_path), *split])
-    assert code == 0, output
+    migrated_and_verified(m.plan_path, *split)
     assert load_plan(m.plan_path).table("clinic.staff").slicing.partitions > 1
-    code, output = run_cli(["migrate", "--workers", "1"])
-    assert code == 0, output
     assert_equal_databases(source, m.target_url, schemas=["clinic"])
     with psycopg.connect(m.target_url) as conn:
         where = conn.execute(
@@ -181,8 +183,6 @@ def test_extension_types_come_through_a_pg_dump_schema(
             "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'citext'"
         ).fetchall()
     assert where == [("citext", "public")], "where the dump's names look for it"
-    code, output = run_cli(["verify"])
-    assert code == 0, output
 
 
 # The source role is `clinic`: with PostgreSQL's default search_path ("$user", public) the
@@ -214,11 +214,8 @@ def test_columns_that_name_schema_objects_arrive_naming_the_same_objects(
     with psycopg.connect(target, autocommit=True) as conn:  # no chance of equal OIDs
         conn.execute(f"DROP TABLE {SOURCE_ROLE}.things; CREATE TABLE {SOURCE_ROLE}.things (id int)")
     m = migration(source_url=source, target_url=target)
-    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "records"])
-    assert code == 0, output
+    migrated_and_verified(m.plan_path, "--schema", "records")
     assert not load_plan(m.plan_path).table("records.refs").binary_safe
-    code, output = run_cli(["migrate", "--workers", "1"])
-    assert code == 0, output
 
     def named(url: str) -> list[tuple[object, ...]]:
         with psycopg.connect(url) as conn:
@@ -231,8 +228,6 @@ def test_columns_that_name_schema_objects_arrive_naming_the_same_objects(
     rows = named(target)
     assert rows == named(source)
     assert rows[0][1:3] == (f"{SOURCE_ROLE}.things", f"{SOURCE_ROLE}.mood")
-    code, output = run_cli(["verify"])
-    assert code == 0, output
 
 
 def test_an_extension_type_in_supabase_s_extensions_schema_is_the_source_s_public_one(
@@ -260,10 +255,7 @@ def test_an_extension_type_in_supabase_s_extensions_schema_is_the_source_s_publi
     assert found == (True,)
     monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "existing")
     m = migration(source_url=source, target_url=target)
-    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ward"])
-    assert code == 0, output
-    code, output = run_cli(["migrate", "--workers", "1"])
-    assert code == 0, output
+    migrated_and_verified(m.plan_path, "--schema", "ward")
     with psycopg.connect(target) as conn:
         kinds = conn.execute(
             "SELECT DISTINCT n.nspname FROM ward.staff s JOIN pg_type t ON t.oid = s.kind "
@@ -271,8 +263,6 @@ def test_an_extension_type_in_supabase_s_extensions_schema_is_the_source_s_publi
         ).fetchall()
     assert kinds == [("extensions",)], "the name found the target's own citext"
     assert_equal_databases(source, target, schemas=["ward"])
-    code, output = run_cli(["verify"])
-    assert code == 0, output
 
 
 SEQUENCE_DDL = """
@@ -299,12 +289,7 @@ def test_every_sequence_hands_out_a_new_key_whichever_way_it_counts(
     Set past the max instead, its next value was a key the table already held."""
     source, target = databases.existing_pair(SEQUENCE_DDL, SEQUENCE_ROWS, monkeypatch)
     m = migration(source_url=source, target_url=target)
-    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "ledger"])
-    assert code == 0, output
-    code, output = run_cli(["migrate", "--workers", "1"])
-    assert code == 0, output
-    code, output = run_cli(["verify"])
-    assert code == 0, output
+    migrated_and_verified(m.plan_path, "--schema", "ledger")
     with psycopg.connect(target) as conn:
         down = conn.execute("SELECT nextval('ledger.down_seq')").fetchone()
         up = conn.execute("SELECT nextval('ledger.notes_id_seq')").fetchone()
