@@ -22,7 +22,11 @@ from migration_assets.db.slices import own_rows, text_bytes, unsupported_encodin
 
 
 def _quoted(schema: str, table: str) -> str:
-    return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
+    return _quoted_one(schema) + "." + _quoted_one(table)
+
+
+def _quoted_one(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _privileges(
@@ -224,18 +228,16 @@ def load_triggers(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[s
     problems = []
     for schema, table, trigger, mode, on_partition, relation in rows.fetchall():
         where = f"{schema}.{table}" + (f" (partition {relation})" if on_partition else "")
-        on = f"{_quoted(schema, relation)}"
+        always = mode == "A"
+        fix = (
+            f"ALTER TABLE {_quoted(schema, relation)} {'ENABLE' if always else 'DISABLE'} "
+            f"TRIGGER {_quoted_one(trigger)};"
+        )
         problems.append(
-            f"{where}: trigger {trigger} is ENABLE {'ALWAYS' if mode == 'A' else 'REPLICA'}, so it "
+            f"{where}: trigger {trigger} is ENABLE {'ALWAYS' if always else 'REPLICA'}, so it "
             "fires while the migration loads rows (with session_replication_role = replica, "
             "which holds ordinary triggers back) and would change them or add rows elsewhere. "
-            "For the migration, on the target: ALTER TABLE "
-            f"{on} {'ENABLE' if mode == 'A' else 'DISABLE'} TRIGGER {_ident(trigger)}; and set "
-            "it back after cutover"
+            f"For the migration, on the target: {fix} and set it back after cutover"
         )
     conn.rollback()
     return problems
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
