@@ -61,13 +61,17 @@ class SliceResult:
 class SliceMismatchError(MigrationError):
     """The target slice differs from the source after the copy; nothing was committed."""
 
-    def __init__(self, spec: SliceSpec, result: SliceResult) -> None:
+    def __init__(self, spec: SliceSpec, result: SliceResult, cause: str = "") -> None:
         self.result = result
         super().__init__(
             f"{spec.schema}.{spec.table} slice {spec.index:03d} did not verify: source "
             f"{result.source}, target {result.target}. The copy was rolled back; the slice "
-            "is as it was. If the source is being written to, this is expected: "
-            "re-run the partition (or `migration-assets migrate`) once writes stop."
+            "is as it was. "
+            + (
+                cause
+                or "If the source is being written to, this is expected: re-run the partition "
+                "(or `migration-assets migrate`) once writes stop."
+            )
         )
 
 
@@ -138,8 +142,14 @@ def copy_slice(
             )
             if not result.verified:
                 raise SliceMismatchError(job.spec, result)
+    except SliceMismatchError as exc:
+        raise SliceMismatchError(job.spec, exc.result, _trigger_cause(target, job.spec)) from None
     except psycopg.Error as exc:
-        raise _explain(exc, job.spec) from None
+        explained = _explain(exc, job.spec)
+        if isinstance(exc, psycopg.OperationalError):  # no target to ask
+            raise explained from None
+        cause = _trigger_cause(target, job.spec)
+        raise (MigrationError(f"{explained} {cause}") if cause else explained) from None
     finally:
         source.read_only = False
         source.isolation_level = None
@@ -263,6 +273,53 @@ def _explain(exc: psycopg.Error, spec: SliceSpec) -> MigrationError:
             f"Re-run it (`migration-assets migrate` picks up failed slices). [{message}]"
         )
     return MigrationError(f"{where}: {message}")
+
+
+# Triggers that fire while rows load: the copy sets session_replication_role = replica, which
+# holds back ordinary (ORIGIN) triggers but not ALWAYS ones, and wakes REPLICA ones. Those of a
+# partition fire for rows routed into it, so a partition counts for its table.
+_LOAD_TRIGGERS = """
+SELECT tr.tgname, tr.tgenabled::text, c.oid <> r.oid, n.nspname, c.relname
+FROM pg_class r
+JOIN pg_class c ON c.oid = r.oid OR pg_partition_root(c.oid) = r.oid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_trigger tr ON tr.tgrelid = c.oid
+WHERE r.oid = %s::regclass AND NOT tr.tgisinternal AND tr.tgenabled IN ('A', 'R')
+ORDER BY c.relname, tr.tgname
+"""
+
+
+def load_triggers(target: Connection, spec: SliceSpec) -> list[str]:
+    """The table's triggers that fire as the copy loads rows, each with the ALTER TABLE that
+    holds it back. Asked only once a slice failed: such a trigger that rewrites rows, or adds
+    some elsewhere, fails the slice on every retry, and the failure alone does not say why."""
+    rows = target.execute(_LOAD_TRIGGERS, [spec.relation.as_string(target)]).fetchall()
+    target.rollback()
+    found = []
+    for trigger, mode, on_partition, schema, relation in rows:
+        always = mode == "A"
+        name = f"{schema}.{relation}" if on_partition else f"{spec.schema}.{spec.table}"
+        fix = sql.SQL("ALTER TABLE {} {} TRIGGER {};").format(
+            sql.Identifier(schema, relation),
+            sql.SQL("ENABLE" if always else "DISABLE"),
+            sql.Identifier(trigger),
+        )
+        found.append(
+            f"trigger {trigger} on {name} is ENABLE {'ALWAYS' if always else 'REPLICA'}, so it "
+            "fires while rows load (the copy sets session_replication_role = replica, which "
+            "holds ordinary triggers back) and may change them or add rows elsewhere: for the "
+            f"migration, run on the target {fix.as_string(target)} and set it back after cutover"
+        )
+    return found
+
+
+def _trigger_cause(target: Connection, spec: SliceSpec) -> str:
+    """The table's load-firing triggers as a failed slice's likely cause; "" if none."""
+    try:
+        causes = load_triggers(target, spec)
+    except psycopg.Error:  # the target went away: the error says so already
+        return ""
+    return ("Likely cause: " + "; ".join(causes) + ".") if causes else ""
 
 
 def describe_result(result: SliceResult) -> dict[str, Any]:

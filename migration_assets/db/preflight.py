@@ -22,11 +22,7 @@ from migration_assets.db.slices import own_rows, text_bytes, unsupported_encodin
 
 
 def _quoted(schema: str, table: str) -> str:
-    return _quoted_one(schema) + "." + _quoted_one(table)
-
-
-def _quoted_one(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
 
 
 def _privileges(
@@ -200,44 +196,4 @@ def target_problems(conn: Connection, tables: list[tuple[str, str]]) -> list[str
         f"ON {t} TO {role}"
         for t in lacking
     ]
-    return problems
-
-
-# Triggers that fire while rows load: the copy sets session_replication_role = replica, which
-# holds back ordinary (ORIGIN) triggers but not ALWAYS ones, and wakes REPLICA ones. Those of a
-# partition fire for rows routed into it, so a partition counts for its root.
-_LOAD_TRIGGERS = """
-SELECT t.s, t.n, tr.tgname, tr.tgenabled::text, c.oid <> r.oid, c.relname
-FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(s, n, i)
-JOIN pg_namespace rn ON rn.nspname = t.s
-JOIN pg_class r ON r.relnamespace = rn.oid AND r.relname = t.n
-JOIN pg_class c ON c.oid = r.oid OR pg_partition_root(c.oid) = r.oid
-JOIN pg_trigger tr ON tr.tgrelid = c.oid
-WHERE NOT tr.tgisinternal AND tr.tgenabled IN ('A', 'R')
-ORDER BY t.i, c.relname, tr.tgname
-"""
-
-
-def load_triggers(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[str]:
-    """Target triggers that would fire as the copy loads rows, and so change them or add rows
-    elsewhere (a slice would then fail its checksum, or a key collide, on every retry)."""
-    pairs = list(tables)
-    if not pairs:
-        return []
-    rows = conn.execute(_LOAD_TRIGGERS, [[s for s, _ in pairs], [t for _, t in pairs]])
-    problems = []
-    for schema, table, trigger, mode, on_partition, relation in rows.fetchall():
-        where = f"{schema}.{table}" + (f" (partition {relation})" if on_partition else "")
-        always = mode == "A"
-        fix = (
-            f"ALTER TABLE {_quoted(schema, relation)} {'ENABLE' if always else 'DISABLE'} "
-            f"TRIGGER {_quoted_one(trigger)};"
-        )
-        problems.append(
-            f"{where}: trigger {trigger} is ENABLE {'ALWAYS' if always else 'REPLICA'}, so it "
-            "fires while the migration loads rows (with session_replication_role = replica, "
-            "which holds ordinary triggers back) and would change them or add rows elsewhere. "
-            f"For the migration, on the target: {fix} and set it back after cutover"
-        )
-    conn.rollback()
     return problems

@@ -18,7 +18,7 @@ from dagster import AssetCheckExecutionContext, AssetExecutionContext
 from migration_assets.db.catalog import read_catalog
 from migration_assets.db.exposure import describe, exposed_tables
 from migration_assets.db.indexes import Deferred, defer_indexes, is_empty, recorded
-from migration_assets.db.preflight import load_triggers, source_problems, target_problems
+from migration_assets.db.preflight import source_problems, target_problems
 from migration_assets.db.schema import (
     alembic_revision,
     alembic_upgrade,
@@ -111,8 +111,7 @@ def build_schema_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
             "default) over the direct connection, then locked down for the Data API (RLS on, "
             "no anon/authenticated grants). On a cold target, big tables' plain indexes are "
             "deferred (recorded on the target, rebuilt by supabase_indexes after the data). "
-            "Fails, before any row, on a trigger that would fire during the load (ENABLE "
-            "ALWAYS or REPLICA). Its blocking checks compare it with the source."
+            "Its blocking checks compare it with the source."
         ),
     )
     def supabase_schema(
@@ -167,12 +166,6 @@ def _schema_step(
     how = _apply_schema(plan, source, target, options)
     hardened: list[str] = []
     with source.connect() as src, target.connect() as tgt:
-        firing = load_triggers(tgt, [(t.schema_name, t.name) for t in plan.tables])
-        if firing:
-            raise dg.Failure(
-                description="target triggers would fire during the load; fix these first:\n"
-                + "\n".join(f"  - {p}" for p in firing)
-            )
         revisions = (alembic_revision(src), alembic_revision(tgt))
         if _hardens(plan, SchemaMode(options.schema_mode)):
             hardened = harden(
