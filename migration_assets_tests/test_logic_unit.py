@@ -13,9 +13,9 @@ from typing import cast
 import dagster as dg
 import pytest
 
-from migration_assets.db.catalog import MIN_SERVER_VERSION, refuse_old_server
 from migration_assets.db.errors import VALUE_MASK, MigrationError, mask_values
 from migration_assets.db.schema import tool_error, with_extensions
+from migration_assets.db.session import MIN_SERVER_VERSION, refuse_old_server
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import TABLE_CHECKSUM

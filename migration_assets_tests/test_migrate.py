@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 
-from migration_assets.db.catalog import LARGE_OBJECTS
 from migration_assets.db.dsn import parse_dsn
+from migration_assets.db.left_out import LARGE_OBJECTS
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import SLICE_CHECKSUM, SLICE_ROW_COUNT
 from migration_assets.devstack.binaries import pg_bin_dir

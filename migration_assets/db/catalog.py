@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from migration_assets.db.errors import MigrationError
-from migration_assets.db.session import Connection
+from migration_assets.db.left_out import LARGE_OBJECTS, in_managed_schemas, large_objects
+from migration_assets.db.session import Connection, refuse_old_server
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 STATE_SCHEMA = "migration_assets_state"  # ours, on a target, while indexes are deferred
@@ -156,17 +156,6 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('m', 'f') AND {_SCHEMA_FILTER}
 """
 
-# A source's own tables in a schema Supabase manages ("auth" is a common name for an app's
-# login tables too): they cannot go there on the target, so the plan must say so.
-MANAGED_SQL = """
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ANY(%(managed)s)
-  AND NOT EXISTS (
-      SELECT 1 FROM pg_depend d
-      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-"""
-
 # Built-in types whose binary form is the OID of a catalog object (a table, a type, a role):
 # the same name has another OID on the target, so only their text (the name) may travel.
 OID_ALIAS_TYPES = (
@@ -263,11 +252,6 @@ WHERE c.relkind = 'S' AND {_SCHEMA_FILTER}
 ORDER BY n.nspname, c.relname
 """
 
-# Large objects live in pg_largeobject, outside every table: a table's `oid` column that
-# refers to one would arrive as a bare number. Counted so that the plan says so.
-LARGE_OBJECTS = "large objects (pg_largeobject)"
-LARGE_OBJECTS_SQL = "SELECT count(*) FROM pg_largeobject_metadata"
-
 ENUMS_SQL = """
 SELECT n.nspname, t.typname, array_agg(e.enumlabel::text ORDER BY e.enumsortorder)
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -303,8 +287,8 @@ def read_catalog(conn: Connection) -> Catalog:
         else "foreign table: its data lives elsewhere"
         for s, n, kind in conn.execute(SKIPPED_SQL, params)
     }
-    skipped.update(_in_managed_schemas(conn))
-    skipped.update(_large_objects(conn))
+    skipped.update(in_managed_schemas(conn, sorted(SUPABASE_SCHEMAS - {STATE_SCHEMA})))
+    skipped.update(large_objects(conn))
     return Catalog(
         server_version=conn.info.server_version,
         tables={t.qualified: t for t in tables.values()},
@@ -312,49 +296,6 @@ def read_catalog(conn: Connection) -> Catalog:
         enums={f"{s}.{n}": tuple(labels) for s, n, labels in conn.execute(ENUMS_SQL, params)},
         skipped=skipped,
     )
-
-
-MIN_SERVER_VERSION = 120000  # generated columns (attgenerated); tested from 14 to 18
-
-
-def refuse_old_server(version: int) -> None:
-    """Older catalogs lack what is read here: say so, rather than fail on a missing column."""
-    if version < MIN_SERVER_VERSION:
-        raise MigrationError(
-            f"the source runs PostgreSQL {_major(version)}: "
-            f"this tool reads PostgreSQL {MIN_SERVER_VERSION // 10000} or newer. Upgrade it "
-            "first (pg_upgrade, or dump and restore into a newer server), then plan from that"
-        )
-
-
-def _major(version: int) -> str:
-    """10 and later number their major release once (110022: 11), 9.x twice (90624: 9.6)."""
-    return (
-        str(version // 10000) if version >= 100000 else f"{version // 10000}.{version // 100 % 100}"
-    )
-
-
-def _in_managed_schemas(conn: Connection) -> dict[str, str]:
-    managed = sorted(SUPABASE_SCHEMAS - {STATE_SCHEMA})
-    return {
-        f"{s}.{n}": f"in schema {s}, which Supabase manages (its own tables live there on the "
-        "target), so it is not copied. If it is your application's data, rename the schema "
-        f"on the source (ALTER SCHEMA {s} RENAME TO …) and plan again"
-        for s, n in conn.execute(MANAGED_SQL, {"managed": managed})
-    }
-
-
-def _large_objects(conn: Connection) -> dict[str, str]:
-    row = conn.execute(LARGE_OBJECTS_SQL).fetchone()
-    count = int(row[0]) if row else 0
-    if not count:
-        return {}
-    return {
-        LARGE_OBJECTS: f"{count:,} large object(s) are not copied (they belong to no table; a "
-        "column that refers to one arrives as a bare number). Move their contents into bytea "
-        "columns on the source before planning, or restore them on the target separately "
-        "(pg_dump --large-objects)"
-    }
 
 
 def _read_columns(

@@ -254,6 +254,26 @@ def describe_endpoint(dsn: str) -> str:
     )
 
 
+MIN_SERVER_VERSION = 120000  # generated columns (attgenerated); tested from 14 to 18
+
+
+def refuse_old_server(version: int) -> None:
+    """Older catalogs lack what is read here: say so, rather than fail on a missing column."""
+    if version < MIN_SERVER_VERSION:
+        raise MigrationError(
+            f"the source runs PostgreSQL {_major(version)}: "
+            f"this tool reads PostgreSQL {MIN_SERVER_VERSION // 10000} or newer. Upgrade it "
+            "first (pg_upgrade, or dump and restore into a newer server), then plan from that"
+        )
+
+
+def _major(version: int) -> str:
+    """10 and later number their major release once (110022: 11), 9.x twice (90624: 9.6)."""
+    return (
+        str(version // 10000) if version >= 100000 else f"{version // 10000}.{version // 100 % 100}"
+    )
+
+
 __all__ = [
     "SESSION_PINS",
     "Connection",
@@ -261,6 +281,7 @@ __all__ = [
     "describe_endpoint",
     "parse_statement_timeout",
     "pin_session",
+    "refuse_old_server",
     "safe_message",
     "server_major",
     "statement_timeout",
