@@ -134,18 +134,28 @@ def with_extensions(dump: str, extensions: list[tuple[str, str]]) -> str:
 
     Each goes into the schema it has on the source, so those names resolve: right after the
     dump creates that schema, or first of all for one the dump does not create (`public`).
-    One the target already has is left as it is (IF NOT EXISTS)."""
+    One the target already has is left as it is (IF NOT EXISTS). One it cannot have (not
+    offered there, say) is a warning, not a failure: the source may hold extensions nothing
+    of the plan's schemas uses, and what does use one fails, named, further on."""
     lines = dump.splitlines()
     first: list[str] = []
     for name, schema in extensions:
         quoted = _ident(schema)
         create = f"CREATE EXTENSION IF NOT EXISTS {_ident(name)} WITH SCHEMA {quoted} CASCADE;"
-        at = lines.index(f"CREATE SCHEMA {quoted};") if f"CREATE SCHEMA {quoted};" in lines else -1
-        if at >= 0:
-            lines.insert(at + 1, create)
+        if f"CREATE SCHEMA {quoted};" in lines:
+            lines.insert(lines.index(f"CREATE SCHEMA {quoted};") + 1, _tried(name, create))
         else:
-            first += [f"CREATE SCHEMA IF NOT EXISTS {quoted};", create]
+            first.append(_tried(name, f"CREATE SCHEMA IF NOT EXISTS {quoted}; {create}"))
     return "\n".join(first + lines)
+
+
+def _tried(name: str, statements: str) -> str:
+    """`statements` in a block whose failure is a warning naming the extension."""
+    literal = "'" + name.replace("'", "''") + "'"
+    return (
+        f"DO $tried$ BEGIN {statements} EXCEPTION WHEN OTHERS THEN RAISE WARNING "
+        f"'extension % was not created on the target: %', {literal}, SQLERRM; END $tried$;"
+    )
 
 
 def _ident(name: str) -> str:
