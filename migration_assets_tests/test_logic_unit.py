@@ -291,8 +291,10 @@ def test_a_failed_psql_is_reported_by_its_error_line_not_its_caret() -> None:
 
 
 def test_the_source_s_extensions_are_created_before_the_dump_needs_them() -> None:
-    dump = "SET x = 1;\nCREATE SCHEMA clinic;\nCREATE TABLE clinic.t (e public.citext);"
-    out = with_extensions(dump, [("citext", "public"), ("ltree", "clinic"), ("hstore", "My Ext")])
+    dump = 'SET x = 1;\nCREATE SCHEMA clinic;\nCREATE SCHEMA "select";\nCREATE TABLE clinic.t ();'
+    out = with_extensions(
+        dump, [("citext", "public"), ("ltree", "clinic"), ("hstore", "My Ext"), ("cube", "select")]
+    )
 
     def tried(name: str, sql: str) -> str:
         return (
@@ -303,18 +305,20 @@ def test_the_source_s_extensions_are_created_before_the_dump_needs_them() -> Non
     assert out.splitlines() == [
         tried(
             "citext",
-            "CREATE SCHEMA IF NOT EXISTS public; "
-            "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public CASCADE;",
+            'CREATE SCHEMA IF NOT EXISTS "public"; '
+            'CREATE EXTENSION IF NOT EXISTS "citext" WITH SCHEMA "public" CASCADE;',
         ),
         tried(
             "hstore",
             'CREATE SCHEMA IF NOT EXISTS "My Ext"; '
-            'CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA "My Ext" CASCADE;',
+            'CREATE EXTENSION IF NOT EXISTS "hstore" WITH SCHEMA "My Ext" CASCADE;',
         ),
         "SET x = 1;",
         "CREATE SCHEMA clinic;",  # the dump creates it: the extension follows it there
-        tried("ltree", "CREATE EXTENSION IF NOT EXISTS ltree WITH SCHEMA clinic CASCADE;"),
-        "CREATE TABLE clinic.t (e public.citext);",
+        tried("ltree", 'CREATE EXTENSION IF NOT EXISTS "ltree" WITH SCHEMA "clinic" CASCADE;'),
+        'CREATE SCHEMA "select";',  # a keyword, quoted by pg_dump
+        tried("cube", 'CREATE EXTENSION IF NOT EXISTS "cube" WITH SCHEMA "select" CASCADE;'),
+        "CREATE TABLE clinic.t ();",
     ]
     assert with_extensions(dump, []) == dump
 

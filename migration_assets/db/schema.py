@@ -140,10 +140,12 @@ def with_extensions(dump: str, extensions: list[tuple[str, str]]) -> str:
     lines = dump.splitlines()
     first: list[str] = []
     for name, schema in extensions:
-        quoted = _ident(schema)
-        create = f"CREATE EXTENSION IF NOT EXISTS {_ident(name)} WITH SCHEMA {quoted} CASCADE;"
-        if f"CREATE SCHEMA {quoted};" in lines:
-            lines.insert(lines.index(f"CREATE SCHEMA {quoted};") + 1, _tried(name, create))
+        quoted = _quote(schema)
+        create = f"CREATE EXTENSION IF NOT EXISTS {_quote(name)} WITH SCHEMA {quoted} CASCADE;"
+        made = [f"CREATE SCHEMA {_ident(schema)};", f"CREATE SCHEMA {quoted};"]  # pg_dump's
+        at = next((lines.index(m) for m in made if m in lines), None)
+        if at is not None:
+            lines.insert(at + 1, _tried(name, create))
         else:
             first.append(_tried(name, f"CREATE SCHEMA IF NOT EXISTS {quoted}; {create}"))
     return "\n".join(first + lines)
@@ -159,9 +161,14 @@ def _tried(name: str, statements: str) -> str:
 
 
 def _ident(name: str) -> str:
-    """Quoted as pg_dump quotes: only where the name needs it."""
+    """Quoted as pg_dump mostly quotes: only where the name needs it (a keyword it quotes too,
+    which `_quote` matches)."""
     plain = name.isidentifier() and name == name.lower() and name.isascii()
-    return name if plain else '"' + name.replace('"', '""') + '"'
+    return name if plain else _quote(name)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _tool(name: str, bin_dir: Path | None, *, at_least: int) -> str:
