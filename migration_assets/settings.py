@@ -45,6 +45,25 @@ HINTS: dict[str, str] = {
 }
 
 
+_NO_SESSION = (
+    "uses port 6543, a transaction pooler: each statement may run on another server session, "
+    "so the session settings, the snapshot a slice is read and checksummed in, and the locks "
+    "a migration holds would not hold."
+)
+# The migration's own connections need a session of their own on either side.
+POOLER_REFUSED: dict[str, str] = {
+    "SOURCE_DATABASE_URL": (
+        f"SOURCE_DATABASE_URL {_NO_SESSION} Connect to the database's own port (5432 by "
+        "default) or to a pooler in session mode."
+    ),
+    "SUPABASE_DB_URL": (
+        f"SUPABASE_DB_URL {_NO_SESSION} Use the direct connection (db.<ref>.supabase.co:5432) "
+        "or the session pooler (port 5432 on the pooler host) for SUPABASE_DB_URL, and put "
+        "the 6543 URL in SUPABASE_POOLER_URL."
+    ),
+}
+
+
 class Settings(BaseSettings):
     """The names are a contract with users' shells and scripts: keep them exactly."""
 
@@ -107,19 +126,12 @@ class Settings(BaseSettings):
             except DsnError as exc:
                 found.append(f"{name}: {exc}")
                 continue
-            if name == "SOURCE_DATABASE_URL":
-                continue
-            verdict = judge_target_tls(value, setting=name, sslrootcert=cert)
-            if not verdict.ok:
-                found.append(verdict.problem)
-        direct = self._urls().get("SUPABASE_DB_URL")
-        if direct and not found and is_transaction_pooler(direct):
-            found.append(
-                "SUPABASE_DB_URL uses port 6543, Supabase's transaction pooler, which keeps no "
-                "session state. Use the direct connection (db.<ref>.supabase.co:5432) or the "
-                "session pooler (port 5432 on the pooler host) for SUPABASE_DB_URL, and put the "
-                "6543 URL in SUPABASE_POOLER_URL."
-            )
+            if name in POOLER_REFUSED and is_transaction_pooler(value):
+                found.append(POOLER_REFUSED[name])
+            elif name != "SOURCE_DATABASE_URL":
+                verdict = judge_target_tls(value, setting=name, sslrootcert=cert)
+                if not verdict.ok:
+                    found.append(verdict.problem)
         return found
 
     def _urls(self) -> dict[str, str]:

@@ -162,12 +162,18 @@ def test_unsafe_remote_target_is_refused_with_the_fix(
     assert SECRET not in text
 
 
+@pytest.mark.parametrize("setting", ["SUPABASE_DB_URL", "SOURCE_DATABASE_URL"])
 def test_transaction_pooler_is_refused_for_migration(
-    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+    setting: str, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SUPABASE_DB_URL", "postgresql://postgres:x@localhost:6543/postgres")
-    with pytest.raises(SettingsError, match="6543"):
+    """Both sides of the migration need sessions of their own: a slice is read, verified and
+    locked in one, which a transaction pooler would spread over several."""
+    monkeypatch.setenv(setting, "postgresql://postgres:x@localhost:6543/postgres")
+    with pytest.raises(SettingsError) as caught:
         load_settings(env_file=None)
+    text = str(caught.value)
+    assert f"{setting} uses port 6543, a transaction pooler" in text
+    assert "session" in text.split("pooler", 1)[1]
 
 
 def test_missing_ca_file_is_named(isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
