@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -576,3 +578,39 @@ def storage_traffic(dbname: str) -> Iterator[StorageTraffic]:
         yield traffic
     finally:
         sa_event.remove(Engine, "before_cursor_execute", on_statement)
+
+
+def _migrate_process(m: Migration, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`migrate` as users start it (the console script's entry), starting workers."""
+    return subprocess.run(
+        [sys.executable, "-m", "migration_assets.cli", "migrate", "--workers", "2"],
+        env={**os.environ, **m.env(), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_a_migrate_with_workers_says_nothing_after_its_summary(
+    migration: MigrationFactory, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failed or verified, a run's stderr holds its progress and what it says on purpose,
+    then nothing: no interpreter noise (leaked-semaphore warnings) after the exit."""
+    m = migration()
+    _plan(m)
+    failed = _migrate_process(m, isolated_cwd, MIGRATION_SCHEMA_MODE="existing")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    with monkeypatch.context() as mp:  # the same failure in this process: the same words
+        mp.setenv("MIGRATION_SCHEMA_MODE", "existing")
+        again = _migrate()[1]
+    header = "preflight or schema step failed; no data was copied.\n"
+    assert header in failed.stderr
+    assert failed.stderr.split(header)[1] == again.split(header)[1]
+    done = _migrate_process(m, isolated_cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every partition verified" in done.stdout
+    progress = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert progress, "the progress bar is drawn on stderr"
+    assert all(ln.startswith("migrate ") for ln in progress), done.stderr

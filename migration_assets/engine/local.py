@@ -103,6 +103,7 @@ class WorkerPool:
         ]
         for proc in self.procs:
             proc.start()
+        self.closed = False
 
     def release(self) -> None:
         """This process has opened the instance, so its storage exists: workers may open it."""
@@ -156,7 +157,11 @@ class WorkerPool:
     def close(self) -> None:
         """Workers are terminated, not asked to leave: every outcome is already in hand (or
         the migration is stopping), and a worker's interpreter teardown (Dagster loaded)
-        costs most of a second. Waiting 0.2 s for a clean exit cost every migrate 0.2 s."""
+        costs most of a second. Waiting 0.2 s for a clean exit cost every migrate 0.2 s.
+        Closing twice is a no-op."""
+        if self.closed:
+            return
+        self.closed = True
         self.stop.set()
         for proc in self.procs:
             if proc.is_alive():
@@ -165,6 +170,11 @@ class WorkerPool:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+        # Each queue and event holds named semaphores that multiprocessing's resource tracker
+        # forgets only when they are freed; `migrate` leaves through os._exit, and a failed
+        # run's traceback can keep this pool alive, so they are let go of here, or the
+        # tracker prints "leaked semaphore objects" after the summary.
+        del self.todo, self.done, self.stop, self.go
 
 
 def _report_lost(specs: list[RunSpec], outcomes: list[Outcome], on_done: ProgressFn) -> None:
