@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from migration_assets.db.errors import VALUE_MASK, MigrationError, mask_values
-from migration_assets.db.schema import tool_error, with_extensions
+from migration_assets.db.schema import idempotent_schemas, tool_error, with_extensions
 from migration_assets.db.session import MIN_SERVER_VERSION, refuse_old_server
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
@@ -291,9 +291,13 @@ def test_a_failed_psql_is_reported_by_its_error_line_not_its_caret() -> None:
 
 
 def test_the_source_s_extensions_are_created_before_the_dump_needs_them() -> None:
-    dump = 'SET x = 1;\nCREATE SCHEMA clinic;\nCREATE SCHEMA "select";\nCREATE TABLE clinic.t ();'
+    dump = (
+        'SET x = 1;\nCREATE SCHEMA public;\nCREATE SCHEMA clinic;\nCREATE SCHEMA "select";\n'
+        "CREATE TABLE clinic.t ();"
+    )
     out = with_extensions(
-        dump, [("citext", "public"), ("ltree", "clinic"), ("hstore", "My Ext"), ("cube", "select")]
+        idempotent_schemas(dump),
+        [("citext", "public"), ("ltree", "clinic"), ("hstore", "My Ext"), ("cube", "select")],
     )
 
     def tried(name: str, sql: str) -> str:
@@ -304,19 +308,18 @@ def test_the_source_s_extensions_are_created_before_the_dump_needs_them() -> Non
 
     assert out.splitlines() == [
         tried(
-            "citext",
-            'CREATE SCHEMA IF NOT EXISTS "public"; '
-            'CREATE EXTENSION IF NOT EXISTS "citext" WITH SCHEMA "public" CASCADE;',
-        ),
-        tried(
             "hstore",
             'CREATE SCHEMA IF NOT EXISTS "My Ext"; '
             'CREATE EXTENSION IF NOT EXISTS "hstore" WITH SCHEMA "My Ext" CASCADE;',
         ),
         "SET x = 1;",
-        "CREATE SCHEMA clinic;",  # the dump creates it: the extension follows it there
+        # every Supabase project and new database has `public` already (pg_dump -n public
+        # creates it anyway): the dump's schemas are created only where they are missing
+        "CREATE SCHEMA IF NOT EXISTS public;",
+        tried("citext", 'CREATE EXTENSION IF NOT EXISTS "citext" WITH SCHEMA "public" CASCADE;'),
+        "CREATE SCHEMA IF NOT EXISTS clinic;",  # the extension follows its schema
         tried("ltree", 'CREATE EXTENSION IF NOT EXISTS "ltree" WITH SCHEMA "clinic" CASCADE;'),
-        'CREATE SCHEMA "select";',  # a keyword, quoted by pg_dump
+        'CREATE SCHEMA IF NOT EXISTS "select";',  # a keyword, quoted by pg_dump
         tried("cube", 'CREATE EXTENSION IF NOT EXISTS "cube" WITH SCHEMA "select" CASCADE;'),
         "CREATE TABLE clinic.t ();",
     ]

@@ -23,6 +23,7 @@ from migration_assets.settings import load_settings
 
 if TYPE_CHECKING:
     from migration_assets.engine.session import Session
+    from migration_assets.settings import Settings
 
 
 def open_session(args: argparse.Namespace) -> Session:
@@ -49,7 +50,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out.print(
         f"plan written to {args.out}: review it, then `migration-assets migrate --plan {args.out}`"
     )
+    _warn_of_schema_mode(settings)
     return EXIT_OK
+
+
+def _warn_of_schema_mode(settings: Settings) -> None:
+    """`migrate` refuses in its preflight what would build another schema on the target:
+    said here first, while the user is still choosing settings."""
+    from migration_assets.db.errors import MigrationError
+    from migration_assets.db.schema import alembic_mismatch
+    from migration_assets.db.session import connect
+    from migration_assets.defs.resources import MigrationOptions
+    from migration_assets.settings import SchemaMode
+
+    if settings.migration_schema_mode is not SchemaMode.ALEMBIC:
+        return
+    try:
+        with connect(settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+            problem = alembic_mismatch(conn, MigrationOptions.from_settings(settings).alembic_ini())
+    except MigrationError as exc:
+        problem = str(exc)
+    if problem:
+        err.print(
+            f"[bold yellow]warning:[/] `migrate` will refuse: {problem}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -21,6 +22,9 @@ from psycopg import sql
 from migration_assets.db.dsn import parse_dsn, sqlalchemy_url, with_params
 from migration_assets.db.errors import MigrationError, mask_values, safe_message
 from migration_assets.db.session import Connection, statement_timeout
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 
 def alembic_revision(conn: Connection) -> str | None:
@@ -33,22 +37,94 @@ def alembic_revision(conn: Connection) -> str | None:
     return ",".join(r[0] for r in rows) or None
 
 
-def alembic_upgrade(
-    dsn: str, *, sslrootcert: str | None, config_path: Path, revision: str = "head"
-) -> None:
-    """`alembic upgrade` over our connection, so TLS and the CA file are ours too."""
+def _alembic_config(config_path: Path) -> AlembicConfig:
     from alembic.config import Config
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    from alembic import command
 
     if not config_path.is_file():
         raise MigrationError(
             f"Alembic config {config_path} not found: set MIGRATION_ALEMBIC_CONFIG to your "
             "application's alembic.ini, or use MIGRATION_SCHEMA_MODE=existing or pg_dump."
         )
-    cfg = Config(str(config_path))
+    return Config(str(config_path))
+
+
+def script_revisions(config_path: Path) -> set[str]:
+    """Every revision the Alembic scripts of `config_path` know."""
+    from alembic.script import ScriptDirectory
+
+    try:
+        scripts = ScriptDirectory.from_config(_alembic_config(config_path))
+        return {script.revision for script in scripts.walk_revisions()}
+    except MigrationError:
+        raise
+    except Exception as exc:
+        raise MigrationError(
+            f"the Alembic scripts of {config_path} cannot be read: {safe_message(exc)}"
+        ) from None
+
+
+def alembic_mismatch(conn: Connection, config_path: Path) -> str | None:
+    """Why the Alembic scripts of `config_path` do not describe the source, or None.
+
+    `alembic upgrade head` builds the schema its scripts describe, whatever the source is:
+    for a database they do not describe it would create another application's tables on
+    the target before the first difference showed. The source's `alembic_version` says
+    whether they do: it must name revisions the scripts know."""
+    revision = alembic_revision(conn)
+    known = script_revisions(config_path)
+    if revision is None:
+        why = "the source has no alembic_version table (Alembic never ran there)"
+    else:
+        unknown = [r for r in revision.split(",") if r not in known]
+        if not unknown:
+            return None
+        why = f"the source is at revision {', '.join(unknown)}, which those scripts do not know"
+    return (
+        f"MIGRATION_SCHEMA_MODE=alembic would apply the Alembic scripts of {config_path} "
+        f"(MIGRATION_ALEMBIC_CONFIG), but {why}: they do not describe this database. "
+        "Set MIGRATION_SCHEMA_MODE=pg_dump to copy the source's own schema, or "
+        "MIGRATION_SCHEMA_MODE=existing if the target's schema is made elsewhere; or point "
+        "MIGRATION_ALEMBIC_CONFIG at the alembic.ini of the application that owns this database"
+    )
+
+
+def carry_revision(source: Connection, target: Connection) -> str | None:
+    """The source's Alembic revision into the target's `alembic_version`, which a copied
+    schema has empty (the plan leaves the table to the schema step): the target is at the
+    source's revision, and the application's next `alembic upgrade` starts from there."""
+    revision = alembic_revision(source)
+    if revision is None or alembic_revision(target) is not None:
+        return None
+    if not present_tables(target, [("public", "alembic_version")]):
+        return None  # the dump did not bring the table: the plan's schemas leave out public
+    with target.transaction():
+        for number in revision.split(","):
+            target.execute("INSERT INTO public.alembic_version (version_num) VALUES (%s)", [number])
+    return revision
+
+
+def present_tables(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[str]:
+    """Which of `tables` the connection's database has."""
+    found = []
+    for schema, table in tables:
+        name = sql.Identifier(schema, table).as_string(conn)
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+        if row and row[0]:
+            found.append(f"{schema}.{table}")
+    conn.rollback()
+    return found
+
+
+def alembic_upgrade(
+    dsn: str, *, sslrootcert: str | None, config_path: Path, revision: str = "head"
+) -> None:
+    """`alembic upgrade` over our connection, so TLS and the CA file are ours too."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from alembic import command
+
+    cfg = _alembic_config(config_path)
     engine = create_engine(
         sqlalchemy_url(dsn, sslrootcert=sslrootcert),
         connect_args={"prepare_threshold": None},
@@ -100,7 +176,7 @@ def pg_dump_schema(
             ln for ln in dump.splitlines() if not ln.startswith("SET transaction_timeout")
         )
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as fh:
-        fh.write(with_extensions(dump, extensions))
+        fh.write(with_extensions(idempotent_schemas(dump), extensions))
     try:
         _run(
             [
@@ -120,6 +196,18 @@ def pg_dump_schema(
         )
     finally:
         os.unlink(fh.name)
+
+
+_CREATE_SCHEMA = re.compile(r"^CREATE SCHEMA (.+);$", re.MULTILINE)
+
+
+def idempotent_schemas(dump: str) -> str:
+    """Each schema the dump creates, created only where the target lacks it.
+
+    `pg_dump -n public` writes `CREATE SCHEMA public;` (pg_dump 18, from sources 15 and 18),
+    and every Supabase project and every new database has `public`: replayed as written,
+    the dump of any database that uses `public` fails on its first line."""
+    return _CREATE_SCHEMA.sub(r"CREATE SCHEMA IF NOT EXISTS \1;", dump)
 
 
 _EXTENSIONS_SQL = """
@@ -142,7 +230,10 @@ def with_extensions(dump: str, extensions: list[tuple[str, str]]) -> str:
     for name, schema in extensions:
         quoted = _quote(schema)
         create = f"CREATE EXTENSION IF NOT EXISTS {_quote(name)} WITH SCHEMA {quoted} CASCADE;"
-        made = [f"CREATE SCHEMA {_ident(schema)};", f"CREATE SCHEMA {quoted};"]  # pg_dump's
+        made = [  # pg_dump's, made idempotent
+            f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)};",
+            f"CREATE SCHEMA IF NOT EXISTS {quoted};",
+        ]
         at = next((lines.index(m) for m in made if m in lines), None)
         if at is not None:
             lines.insert(at + 1, _tried(name, create))

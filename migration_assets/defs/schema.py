@@ -16,14 +16,18 @@ import psycopg
 from dagster import AssetCheckExecutionContext, AssetExecutionContext
 
 from migration_assets.db.catalog import read_catalog
+from migration_assets.db.errors import MigrationError
 from migration_assets.db.exposure import describe, exposed_tables
 from migration_assets.db.indexes import Deferred, defer_indexes, is_empty, recorded
 from migration_assets.db.preflight import source_problems, target_problems
 from migration_assets.db.schema import (
+    alembic_mismatch,
     alembic_revision,
     alembic_upgrade,
+    carry_revision,
     harden,
     pg_dump_schema,
+    present_tables,
 )
 from migration_assets.db.schema_diff import (
     Difference,
@@ -62,18 +66,23 @@ def build_preflight_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         kinds=KINDS,
         owners=plan.owners,
         description=(
-            "Before anything is written: the source role may read every row of every planned "
+            "Before anything is written: in alembic schema mode, the Alembic scripts describe "
+            "the source (its alembic_version names one of their revisions); the source role "
+            "may read every row of every planned "
             "table (no row-level security policy binds it; its text can become UTF-8), the "
             "target role may create, write and load every one "
             "with triggers off. Fails naming each problem and the GRANT that fixes it."
         ),
     )
     def migration_preflight(
-        source: SourceDatabase, target: TargetDatabase
+        source: SourceDatabase, target: TargetDatabase, options: MigrationOptions
     ) -> dg.MaterializeResult[None]:
         with as_failure("preflight"):
             with source.connect() as src:
                 problems = source_problems(src, tables)
+                if SchemaMode(options.schema_mode) is SchemaMode.ALEMBIC:
+                    mismatch = alembic_mismatch(src, options.alembic_ini())
+                    problems += [mismatch] if mismatch else []
             with target.connect() as tgt:
                 problems += target_problems(tgt, tables)
         if problems:
@@ -137,23 +146,41 @@ def _apply_schema(
         )
         return "alembic upgrade head"
     if mode is SchemaMode.PG_DUMP:
-        with target.connect() as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = ANY(%s)", [plan.schemas]
-            ).fetchone()
-            if row and row[0]:
-                return "pg_dump skipped: the target already has tables in the plan's schemas"
-            version = server_major(conn)
-        pg_dump_schema(
-            source.url,
-            target.url,
-            sslrootcert=target.sslrootcert or None,
-            schemas=plan.schemas,
-            bin_dir=Path(options.pg_bin) if options.pg_bin else None,
-            target_version=version,
-        )
-        return "pg_dump --schema-only"
+        return _pg_dump_schema(plan, source, target, options)
     return "existing schema (verified only)"
+
+
+def _pg_dump_schema(
+    plan: MigrationPlan, source: SourceDatabase, target: TargetDatabase, options: MigrationOptions
+) -> str:
+    """The source's schema, applied once: a target that has every planned table has it (an
+    earlier attempt's), one that has none gets it, in one transaction. A target with only
+    some of them was changed by someone else: nothing is guessed, the tables are named."""
+    planned = [(t.schema_name, t.name) for t in plan.tables]
+    with target.connect() as conn:
+        present = present_tables(conn, planned)
+        version = server_major(conn)
+    if present and len(present) == len(planned):
+        return "pg_dump skipped: the target already has every planned table"
+    if present:
+        raise MigrationError(
+            f"the target already has {len(present)} of the plan's {len(planned)} tables "
+            f"({', '.join(present[:5])}{', …' if len(present) > 5 else ''}) but not the "
+            "others; MIGRATION_SCHEMA_MODE=pg_dump applies the source's whole schema or "
+            "nothing. Drop those tables on the target, or create the others there and use "
+            "MIGRATION_SCHEMA_MODE=existing"
+        )
+    pg_dump_schema(
+        source.url,
+        target.url,
+        sslrootcert=target.sslrootcert or None,
+        schemas=plan.schemas,
+        bin_dir=Path(options.pg_bin) if options.pg_bin else None,
+        target_version=version,
+    )
+    with source.connect() as src, target.connect() as tgt:
+        carry_revision(src, tgt)
+    return "pg_dump --schema-only"
 
 
 def _schema_step(
