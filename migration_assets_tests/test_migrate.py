@@ -329,7 +329,9 @@ def test_cross_version_copy_uses_text_format(
     older: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL 15 (Debian's) on one side and 18 (the wheel's) on the other, both ways: a
-    clinic's older server into a newer Supabase is the common case."""
+    clinic's older server into a newer Supabase is the common case. The schema comes by
+    pg_dump, the newcomer's mode: tables in `public`, which the target has (pg_dump 18
+    writes CREATE SCHEMA public from either source), and `extensions`, as Supabase has."""
     other = Path("/usr/lib/postgresql/15/bin")
     if not (other / "postgres").exists():
         if os.environ.get("MIGRATION_ASSETS_CI"):
@@ -350,11 +352,18 @@ def test_cross_version_copy_uses_text_format(
         for key, value in stack.env().items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("MIGRATION_PLAN", str(tmp_path / "plan.json"))
+        monkeypatch.setenv("MIGRATION_SCHEMA_MODE", "pg_dump")
+        with psycopg.connect(stack.target_url) as conn:
+            have = conn.execute(
+                "SELECT count(*) FROM pg_namespace WHERE nspname IN ('public', 'extensions')"
+            ).fetchone()
+        assert have == (2,)
         code, output = run_cli(["plan", "--out", str(tmp_path / "plan.json")])
         assert code == 0, output
         code, output = _migrate()
         assert code == 0, output
         assert_equal_databases(stack.source_url, stack.target_url)
+        assert run_cli(["verify"])[0] == 0  # alembic_version too: the target is at 0004
         instance = dg.DagsterInstance.get()
         event = instance.get_latest_materialization_event(dg.AssetKey(["public", "patients"]))
         assert event is not None
