@@ -17,6 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from migration_assets_tests.waiting import wait_until
+
 SLOW_FUNCTION = """
 CREATE OR REPLACE FUNCTION public.test_slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_sleep(%s); RETURN NEW; END $$
@@ -71,19 +73,20 @@ def wait_for_copy(
     """The pid of a migration backend that is inside COPY ... FROM STDIN on `dbname` (into
     the table `into`, "schema.name", if given: another table's COPY may end at once)."""
     target = "%" if into is None else '"' + '"."'.join(into.split(".")) + '"%'
-    deadline = time.monotonic() + timeout
     with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        while time.monotonic() < deadline:
+
+        def copying() -> int | None:
             row = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s "
                 "AND application_name = 'migration_assets' AND query LIKE %s "
                 "AND state = 'active' LIMIT 1",
                 [dbname, f"COPY {target}FROM STDIN%"],
             ).fetchone()
-            if row:
-                return int(row[0])
-            time.sleep(0.02)
-    raise AssertionError("no COPY into the target started in time")
+            return int(row[0]) if row else None
+
+        pid = wait_until(copying, timeout, f"a COPY into {into or 'the target'}", every=0.02)
+    assert pid is not None
+    return pid
 
 
 @dataclass
@@ -98,6 +101,7 @@ class TcpProxy:
     _hang: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    refused: list[str] = field(default_factory=list)  # why clients were closed at once
 
     def __enter__(self) -> TcpProxy:
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -123,7 +127,8 @@ class TcpProxy:
                 return
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
+            except OSError as exc:
+                self.refused.append(f"{time.strftime('%H:%M:%S')} upstream connect: {exc!r}")
                 client.close()
                 continue
             with self._lock:

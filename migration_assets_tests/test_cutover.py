@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from migration_assets_tests.helpers import (
     readme_engine_queries,
     run_cli,
 )
+from migration_assets_tests.waiting import process_gone, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -140,12 +140,10 @@ def test_a_cutover_killed_after_the_freeze_is_finished_by_the_next_one(
     with StandIn(m.source_url, connections=2) as app:
         app.wait_until(lambda: len(app.acks()) >= 10, 60, "the app's first writes")
         proc = cli_process(["cutover", "--yes"], m.env(), isolated_cwd)
-        deadline = time.monotonic() + 180
-        while not _source_frozen(m) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: _source_frozen(m) or proc.poll() is not None, 180, "the freeze")
         assert _source_frozen(m), proc.communicate()[0] if proc.poll() is not None else ""
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        process_gone(proc, 30)
         state = json.loads((m.dagster_home / "cutover" / "state.json").read_text())
         assert state["phase"] in {"freezing", "frozen"}, state
         code, output = run_cli(["status"])
@@ -165,14 +163,15 @@ def _kill_at_step(m: Migration, args: list[str], job: str, step: str, cwd: Path)
     instance records that `step` of `job` started; the killed run's phase in the state file."""
     instance = dg.DagsterInstance.from_config(str(m.dagster_home))
     proc = cli_process(args, m.env(), cwd)
-    deadline = time.monotonic() + 240
+
+    def started() -> bool:
+        assert proc.poll() is None, f"ended before {step} started: {proc.communicate()[0]}"
+        return _step_started(instance, job, step)
+
     try:
-        while not _step_started(instance, job, step):
-            assert proc.poll() is None, f"ended before {step} started: {proc.communicate()[0]}"
-            assert time.monotonic() < deadline, f"{step} did not start"
-            time.sleep(0.02)
+        wait_until(started, 240, f"{step} to start", every=0.02)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        process_gone(proc, 30)
     finally:
         instance.dispose()
     state_file = m.dagster_home / "cutover" / "state.json"

@@ -27,6 +27,7 @@ from migration_assets.db.quiescence import quiescent, write_position
 from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
 from migration_assets.devstack.standin import StandIn, assert_journal_on
 from migration_assets_tests.conftest import Databases, unique
+from migration_assets_tests.waiting import sessions_gone, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -116,13 +117,14 @@ def test_quiescent_is_false_while_the_app_writes_and_true_once_it_stops(
         since = write_position(admin)
         app.wait_until(lambda: not quiescent(admin, since, 0.2)[0], 30, "a moved position")
     # Its sessions' last counts reach the statistics when they end: poll, do not sleep.
-    deadline = time.monotonic() + 30
     since = write_position(admin)
-    while True:
-        still, since = quiescent(admin, since, settle_seconds=1.5)
-        if still:
-            break
-        assert time.monotonic() < deadline, "the position kept moving after the app stopped"
+
+    def still() -> bool:
+        nonlocal since
+        settled, since = quiescent(admin, since, settle_seconds=1.5)
+        return settled
+
+    wait_until(still, 30, "the write position to stop moving after the app stopped", every=0)
 
 
 def _as_role(admin: psycopg.Connection[Any], role: str) -> str | None:
@@ -142,7 +144,8 @@ def test_freeze_problem_names_the_grants_a_role_lacks(
     admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
         # another role's session is open (a superuser's): ending it needs pg_signal_backend
-        with _admin(stack, source):
+        with _admin(stack, source) as other:
+            other_pid = other.info.backend_pid
             problem = _as_role(admin, role)
             assert problem is not None
             assert f"GRANT pg_signal_backend TO {quoted};" in problem
@@ -163,6 +166,8 @@ def test_freeze_problem_names_the_grants_a_role_lacks(
             assert f"GRANT pg_signal_backend TO {SOURCE_ROLE};" in owner_problem
             assert freeze_problem(admin) is None  # superuser
         # only its own role's sessions open: the owner ends those itself, nothing to grant
+        assert stack.source is not None
+        sessions_gone(stack.source.admin_conninfo(database), [other_pid], what="the other role's")
         assert _as_role(admin, SOURCE_ROLE) is None
     finally:
         admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

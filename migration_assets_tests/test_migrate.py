@@ -45,6 +45,7 @@ from migration_assets_tests.helpers import (
     row_locations,
     run_cli,
 )
+from migration_assets_tests.waiting import process_gone, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -171,15 +172,14 @@ def test_sigkill_mid_run_then_resume_redoes_only_unverified(
     total = plan.total_partitions()
     proc = cli_process(["migrate", "--workers", "1"], m.env(), isolated_cwd)
     instance = dg.DagsterInstance.from_config(str(m.dagster_home))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        done = _materialized(instance, plan)
-        if done >= 4:
-            break
+
+    def four_done() -> bool:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        time.sleep(0.2)
+        return _materialized(instance, plan) >= 4
+
+    wait_until(four_done, 120, "4 partitions verified", every=0.2)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    process_gone(proc, 30)
     verified_before = _materialized(instance, plan)
     assert 4 <= verified_before < total, "the kill must land mid-run"
     code, output = _migrate()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from migration_assets_tests.helpers import (
     run_cli,
     user_tables,
 )
+from migration_assets_tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -128,10 +129,11 @@ def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
     )
     try:
         instance = q.instance()
-        wait_for(
+        wait_until(
             lambda: proc.poll() is not None or "BACKFILL" in instance.get_daemon_heartbeats(),
             180,
             "the daemon's first heartbeat",
+            every=0.5,
         )
         assert proc.poll() is None, f"the daemon exited: {_text(log.name)}"
         yield proc
@@ -153,18 +155,6 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
-    """Poll `condition` until it is truthy; its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
@@ -426,7 +416,7 @@ def test_a_run_killed_mid_slice_in_a_backfill_is_redone(
             backend = wait_for_copy(
                 stack.target.admin_conninfo(), q.target_db, timeout=240, into=SLOW_TABLE
             )
-            workers = wait_for(
+            workers = wait_until(
                 lambda: _client_pids(admin, backend), 10, "the process holding the COPY", 0.05
             )
             assert proc.pid not in workers, "the CLI itself copies: nothing was submitted"
@@ -434,8 +424,8 @@ def test_a_run_killed_mid_slice_in_a_backfill_is_redone(
                 os.kill(pid, signal.SIGKILL)
             speed_up(q.m.target_url, SLOW_TABLE)  # the slices still to come copy at speed
             instance = q.instance()
-            failed = wait_for(
-                lambda: _failed_keys(instance, plan), 90, "the killed slice to show FAILED"
+            failed = wait_until(
+                lambda: _failed_keys(instance, plan), 90, "the killed slice to show FAILED", 0.5
             )
             code, output = finish(proc, timeout=300)
         finally:

@@ -9,7 +9,6 @@ is, and the migration leaves Supabase's schemas alone.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -22,7 +21,7 @@ from migration_assets.devstack.stack import TARGET_ROLE, TARGET_SUPERUSER, DevSt
 from migration_assets.plan import load_plan
 from migration_assets.settings import SettingsError, load_settings
 from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
-from migration_assets_tests.faults import slow_down, speed_up
+from migration_assets_tests.faults import slow_down, speed_up, wait_for_copy
 from migration_assets_tests.helpers import PLAN_ARGS, assert_equal_databases, cli_process, run_cli
 
 pytestmark = pytest.mark.integration
@@ -63,25 +62,6 @@ def _role_timeout(stack: DevStack, url: str, value: str | None) -> None:
                     role, db, sql.Literal(value)
                 )
             )
-
-
-def _wait_for_slow_copy(stack: DevStack, url: str, timeout: float = 90.0) -> int:
-    """The pid of a migration backend inside a COPY into SLOW_TABLE (a cancel sent to a
-    fast table's COPY would find it finished)."""
-    assert stack.target is not None
-    table = SLOW_TABLE.split(".")[1]
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(stack.target.admin_conninfo(), autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND state = 'active' "
-                "AND application_name = 'migration_assets' AND query LIKE %s LIMIT 1",
-                [_dbname(url), f'COPY %"{table}"%FROM STDIN%'],
-            ).fetchone()
-            if row:
-                return int(row[0])
-            time.sleep(0.02)
-    raise AssertionError(f"no COPY into {SLOW_TABLE} started in time")
 
 
 # ------------------------------------------------------------------ statement timeouts
@@ -146,7 +126,8 @@ def test_a_cancelled_statement_is_not_called_a_lost_connection(
     _prepare_slow(m)
     proc = cli_process(["migrate", "--workers", "1"], m.env(), isolated_cwd)
     assert stack.target is not None
-    pid = _wait_for_slow_copy(stack, m.target_url)
+    assert stack.target is not None
+    pid = wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url), into=SLOW_TABLE)
     stack.target.admin(f"SELECT pg_cancel_backend({int(pid)})")
     try:
         output, _ = proc.communicate(timeout=240)

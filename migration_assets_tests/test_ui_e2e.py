@@ -51,6 +51,7 @@ from migration_assets.planner import build_plan
 from migration_assets.settings import SETTING_NAMES
 from migration_assets_tests.conftest import REPO_ROOT, Databases, unique
 from migration_assets_tests.helpers import assert_equal_databases, run_cli
+from migration_assets_tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -179,11 +180,9 @@ def processes_referencing(text: str) -> list[str]:
 
 def wait_until_gone(text: str, timeout: float = 30.0) -> list[str]:
     """What still runs after `timeout`; that is killed, so no test leaves it behind."""
-    deadline = time.monotonic() + timeout
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not processes_referencing(text), timeout, f"processes of {text}")
     left = processes_referencing(text)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = processes_referencing(text)
     for entry in left:
         with contextlib.suppress(OSError):
             os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
@@ -420,11 +419,7 @@ def _schema_run_finished(url: str) -> bool:
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(1.0)
+    wait_until(condition, timeout, what, every=1.0)
 
 
 # ------------------------------------------------------------------ the backfill
