@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from migration_assets.db.left_out import LARGE_OBJECTS, in_managed_schemas, large_objects
 from migration_assets.db.session import Connection, refuse_old_server
+from migration_assets.db.state import STATE_SCHEMA  # ours, on a target, during a load
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
-STATE_SCHEMA = "migration_assets_state"  # ours, on a target, while indexes are deferred
 
 # Supabase-managed schemas: their contents come with the project, never from a migration.
 SUPABASE_SCHEMAS = frozenset(

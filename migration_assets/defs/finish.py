@@ -11,13 +11,9 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from migration_assets.db.indexes import (
-    drop_state_if_empty,
-    index_groups,
-    recorded,
-    restore_indexes,
-)
+from migration_assets.db.indexes import index_groups, recorded, restore_indexes
 from migration_assets.db.sequences import lagging_sequences, sync_sequences
+from migration_assets.db.state import drop_if_empty
 from migration_assets.db.statistics import analyze, stale
 from migration_assets.defs.failures import as_failure
 from migration_assets.defs.keys import (
@@ -103,7 +99,7 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
             groups = index_groups(pending)  # a second lane is of use only with two groups
             with target_lanes(context, len(groups)) as lanes:
                 restore_indexes(conn, groups, target.connect, lanes)
-            drop_state_if_empty(conn)
+            drop_if_empty(conn)
         context.log.info(f"{len(pending)} deferred index(es) rebuilt")
         with as_failure("index check"):
             differences, _ = schema_differences(plan, source, target)
