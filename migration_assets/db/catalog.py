@@ -210,7 +210,10 @@ SELECT con.conrelid::int8, con.conname, con.contype::text, pg_get_constraintdef(
 FROM pg_constraint con
 LEFT JOIN pg_class rc ON rc.oid = con.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-WHERE con.conrelid = ANY(%(oids)s) AND con.contype IN ('p', 'u', 'f', 'c', 'x')
+WHERE con.conrelid = ANY(%(oids)s)
+  AND (con.contype IN ('p', 'u', 'f', 'c', 'x')
+       -- PostgreSQL 18: a NOT NULL column may be NOT VALID, which only this says
+       OR (con.contype = 'n' AND NOT con.convalidated))
 ORDER BY con.conrelid, con.conname
 """
 
