@@ -1,4 +1,4 @@
-"""NOT VALID constraints arrive as they are.
+"""NOT VALID constraints arrive as they are; extensions' configuration rows are named.
 
 A NOT VALID CHECK (a rule added later without validating history) still binds new rows, so
 COPY of the old rows that break it fails. The schema step records and drops such constraints
@@ -9,8 +9,10 @@ arrive as they are on the source.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,7 +21,7 @@ import pytest
 from migration_assets.db.catalog import Catalog, ColumnInfo, TableInfo, read_catalog
 from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema_diff import compare_catalogs, without_constraints
-from migration_assets.devstack.stack import DevStack
+from migration_assets.devstack.stack import SOURCE_ROLE, DevStack
 from migration_assets_tests.conftest import Databases, MigrationFactory
 from migration_assets_tests.faults import slow_down, speed_up, wait_for_copy
 from migration_assets_tests.helpers import (
@@ -205,3 +207,87 @@ def test_deferred_constraints_are_accepted_as_absent_only_while_recorded() -> No
         "ward.bed: constraint bed_beds_positive missing on the target"
     ]
     assert source.tables["ward.bed"].constraints == {**check, **label}, "not changed in place"
+
+
+# ------------------------------------------------ extensions' configuration tables
+
+EXTENSION = "ma_test_site_settings"
+CONTROL = """comment = 'test: an extension with configuration tables'
+default_version = '1.0'
+relocatable = false
+"""
+# Rows the extension ships are marked; pg_dump copies only the others (the condition).
+SCRIPT = """
+CREATE TABLE @extschema@.site_settings (
+    key text PRIMARY KEY, value text, shipped boolean NOT NULL DEFAULT false);
+INSERT INTO @extschema@.site_settings VALUES ('theme', 'plain', true);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.site_settings', 'WHERE NOT shipped');
+CREATE TABLE @extschema@.defaults (
+    key text PRIMARY KEY, value text, shipped boolean NOT NULL DEFAULT true);
+INSERT INTO @extschema@.defaults VALUES ('locale', 'C', true);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.defaults', 'WHERE NOT shipped');
+CREATE TABLE @extschema@.api_keys (name text PRIMARY KEY);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.api_keys', '');
+"""
+
+
+@pytest.fixture
+def extension(stack: DevStack) -> Iterator[str]:
+    """A tiny extension with two configuration tables, installed into the source server's
+    share directory (no contrib extension PostgreSQL 18 ships has one)."""
+    assert stack.source is not None
+    share = stack.source.bin_dir.parent / "share" / "extension"
+    files = [share / f"{EXTENSION}.control", share / f"{EXTENSION}--1.0.sql"]
+    for path, text in zip(files, (CONTROL, SCRIPT), strict=True):
+        path.write_text(text)
+        path.chmod(0o644)
+    try:
+        yield EXTENSION
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
+
+
+@pytest.mark.integration
+def test_user_rows_of_an_extension_configuration_table_are_named_not_lost(
+    extension: str,
+    migration: MigrationFactory,
+    databases: Databases,
+    stack: DevStack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source, target = databases.existing_pair(
+        "CREATE SCHEMA records; CREATE TABLE records.notes (id int PRIMARY KEY, body text)",
+        "INSERT INTO records.notes SELECT i, 'note ' || i FROM generate_series(1, 20) i",
+        monkeypatch,
+    )
+    assert stack.source is not None
+    stack.source.admin(
+        f"CREATE SCHEMA settings; CREATE EXTENSION {extension} SCHEMA settings; "
+        "INSERT INTO settings.site_settings VALUES ('fax', 'a', false), ('logo', 'b', false); "
+        f"GRANT USAGE ON SCHEMA settings TO {SOURCE_ROLE}; "
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA settings TO {SOURCE_ROLE}; "
+        f"REVOKE SELECT ON settings.api_keys FROM {SOURCE_ROLE}",
+        dbname=parse_dsn(source)["dbname"],
+    )
+    m = migration(source_url=source, target_url=target)
+    # a schema selection that leaves the extension's schema out: it is listed all the same
+    code, output = run_cli(["plan", "--out", str(m.plan_path), "--schema", "records"])
+    assert code == 0, output
+    assert "not copied: settings.site_settings" in output, output
+    skipped = json.loads(m.plan_path.read_text())["skipped"]
+    why = skipped["settings.site_settings"]
+    assert f"configuration table of extension {extension}" in why
+    assert "2 row(s)" in why, "counted with the extension's own condition (1 row is shipped)"
+    assert f"CREATE EXTENSION {extension}" in why
+    assert "pg_dump --data-only --table=settings.site_settings" in why
+    assert "settings.defaults" not in skipped, "it holds only the rows the extension ships"
+    unread = skipped["settings.api_keys"]  # whether it holds any cannot be ruled out
+    assert unread.startswith(f"configuration table of extension {extension}: this role may")
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 0, output
+    report = json.loads((m.dagster_home / "audit" / "audit-0001.json").read_text())
+    assert report["plan"]["not_copied"]["settings.site_settings"] == why
+    markdown = (m.dagster_home / "audit" / "audit-0001.md").read_text()
+    assert f"- settings.site_settings: {why}" in markdown
+    assert_equal_databases(source, target, schemas=["records"])
