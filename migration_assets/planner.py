@@ -14,6 +14,7 @@ from pathlib import Path
 from migration_assets.db.catalog import Catalog, TableInfo, count_exactly, read_catalog
 from migration_assets.db.dsn import mask_dsn
 from migration_assets.db.errors import MigrationError
+from migration_assets.db.left_out import extension_configuration
 from migration_assets.db.preflight import row_security_problems
 from migration_assets.db.session import Connection, connect
 from migration_assets.db.slices import Strategy, compute_bounds, range_cast_type
@@ -93,6 +94,7 @@ def build_plan(
     tables = [_table_plan(conn, info, sizing) for info in planned]
     skipped = dict(catalog.skipped)
     skipped.update({name: "owned by the schema step" for name in exclude if name in catalog.tables})
+    skipped.update(extension_configuration(conn))  # in any schema: the rows are the database's
     return MigrationPlan(
         app_queries=_lookup_queries(tables),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

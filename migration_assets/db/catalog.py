@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from migration_assets.db.left_out import LARGE_OBJECTS, in_managed_schemas, large_objects
 from migration_assets.db.session import Connection, refuse_old_server
+from migration_assets.db.state import STATE_SCHEMA  # ours, on a target, during a load
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
-STATE_SCHEMA = "migration_assets_state"  # ours, on a target, while indexes are deferred
 
 # Supabase-managed schemas: their contents come with the project, never from a migration.
 SUPABASE_SCHEMAS = frozenset(
@@ -210,7 +210,10 @@ SELECT con.conrelid::int8, con.conname, con.contype::text, pg_get_constraintdef(
 FROM pg_constraint con
 LEFT JOIN pg_class rc ON rc.oid = con.confrelid
 LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
-WHERE con.conrelid = ANY(%(oids)s) AND con.contype IN ('p', 'u', 'f', 'c', 'x')
+WHERE con.conrelid = ANY(%(oids)s)
+  AND (con.contype IN ('p', 'u', 'f', 'c', 'x')
+       -- PostgreSQL 18: a NOT NULL column may be NOT VALID, which only this says
+       OR (con.contype = 'n' AND NOT con.convalidated))
 ORDER BY con.conrelid, con.conname
 """
 

@@ -13,10 +13,10 @@ own name (PostgreSQL would pick other names than a pg_dump'd schema has) and the
 INDEX ... ATTACH PARTITION` that hangs it under its parent; once every partition's index
 is attached PostgreSQL marks the parent valid.
 
-Crash safety: each table's index definitions are recorded on the target, in a private
-schema, in the same transaction that drops them; `restore_indexes` recreates whatever is
-recorded and runs at the start of every migrate, so a killed run's indexes come back
-before the schema is compared. The schema disappears once nothing is deferred.
+Crash safety: each table's index definitions are recorded on the target (`db.state`), in
+the same transaction that drops them; `restore_indexes` recreates whatever is recorded
+after the data, in every run of `supabase_indexes`, so a killed run's indexes come back
+with the next migrate's.
 """
 
 from __future__ import annotations
@@ -28,10 +28,16 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from migration_assets.db.catalog import STATE_SCHEMA
 from migration_assets.db.lanes import in_lanes
 from migration_assets.db.session import Connection
 from migration_assets.db.slices import own_rows
+from migration_assets.db.state import ensure_table, has_table, state_table
+
+TABLE = "deferred_indexes"
+COLUMNS = (
+    "schema_name text, table_name text, index_name text, definition text NOT NULL, "
+    "then_run text[] NOT NULL DEFAULT '{}', PRIMARY KEY (schema_name, index_name)"
+)
 
 _DEFERRABLE = """
 SELECT ic.relname, pg_get_indexdef(i.indexrelid)
@@ -72,15 +78,11 @@ def _qualified(schema: str, name: str) -> str:
 
 
 def _ensure_state(conn: Connection) -> None:
-    conn.execute(
+    ensure_table(conn, TABLE, COLUMNS)
+    conn.execute(  # a killed run of an older version left its table without this column
         sql.SQL(
-            "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.deferred_indexes "
-            "(schema_name text, table_name text, index_name text, definition text NOT NULL, "
-            "then_run text[] NOT NULL DEFAULT '{{}}', PRIMARY KEY (schema_name, index_name)); "
-            # a killed run of an older version left its table without this column
-            "ALTER TABLE {s}.deferred_indexes "
-            "ADD COLUMN IF NOT EXISTS then_run text[] NOT NULL DEFAULT '{{}}'"
-        ).format(s=sql.Identifier(STATE_SCHEMA))
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS then_run text[] NOT NULL DEFAULT '{{}}'"
+        ).format(state_table(TABLE))
     )
 
 
@@ -105,9 +107,9 @@ def defer_indexes(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[D
                 for name, definition in found:
                     index = Deferred(schema, table, name, definition, _attached(conn, schema, name))
                     conn.execute(
-                        sql.SQL(
-                            "INSERT INTO {}.deferred_indexes VALUES (%s, %s, %s, %s, %s)"
-                        ).format(sql.Identifier(STATE_SCHEMA)),
+                        sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s)").format(
+                            state_table(TABLE)
+                        ),
                         [schema, table, name, definition, list(index.then_run)],
                     )
                     conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)))
@@ -134,10 +136,7 @@ def _attached(conn: Connection, schema: str, name: str) -> tuple[str, ...]:
 
 
 def recorded(conn: Connection) -> list[Deferred]:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", [f"{STATE_SCHEMA}.deferred_indexes"]
-    ).fetchone()
-    if not row or not row[0]:
+    if not has_table(conn, TABLE):
         conn.rollback()
         return []
     with conn.transaction():
@@ -145,8 +144,8 @@ def recorded(conn: Connection) -> list[Deferred]:
     rows = conn.execute(
         sql.SQL(
             "SELECT schema_name, table_name, index_name, definition, then_run "
-            "FROM {}.deferred_indexes ORDER BY 1, 2, 3"
-        ).format(sql.Identifier(STATE_SCHEMA))
+            "FROM {} ORDER BY 1, 2, 3"
+        ).format(state_table(TABLE))
     ).fetchall()
     conn.rollback()
     return [Deferred(s, t, n, d, tuple(steps)) for s, t, n, d, steps in rows]
@@ -195,16 +194,8 @@ def restore_index(conn: Connection, index: Deferred) -> None:
             for statement in (index.definition, *index.then_run):
                 conn.execute(statement.encode())
         conn.execute(
-            sql.SQL(
-                "DELETE FROM {}.deferred_indexes WHERE schema_name = %s AND index_name = %s"
-            ).format(sql.Identifier(STATE_SCHEMA)),
+            sql.SQL("DELETE FROM {} WHERE schema_name = %s AND index_name = %s").format(
+                state_table(TABLE)
+            ),
             [index.schema, index.name],
         )
-
-
-def drop_state_if_empty(conn: Connection) -> None:
-    if not recorded(conn):
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STATE_SCHEMA))
-            )

@@ -194,6 +194,39 @@ def without_indexes(catalog: Catalog, indexes: Iterable[tuple[str, str]]) -> Cat
     return dataclasses.replace(catalog, tables=tables)
 
 
+def without_constraints(
+    catalog: Catalog, constraints: Iterable[tuple[str, str, str, str | None]]
+) -> Catalog:
+    """The catalog minus some (table, name, definition, NOT NULL column) constraints: what
+    the target should hold while those are dropped for a load. Only a constraint defined as
+    recorded is left out (one VALID on the source stays, and differs), and a NOT NULL
+    constraint's column is nullable meanwhile."""
+    drop: dict[str, dict[str, tuple[str, str | None]]] = {}
+    for table, name, definition, column in constraints:
+        drop.setdefault(table, {})[name] = (definition, column)
+    tables = {}
+    for name, info in catalog.tables.items():
+        gone = {
+            k: column
+            for k, (definition, column) in drop.get(name, {}).items()
+            if info.constraints.get(k) == definition
+        }
+        nullable = {column for column in gone.values() if column}
+        tables[name] = (
+            dataclasses.replace(
+                info,
+                constraints={k: v for k, v in info.constraints.items() if k not in gone},
+                columns=[
+                    dataclasses.replace(c, not_null=False) if c.name in nullable else c
+                    for c in info.columns
+                ],
+            )
+            if gone
+            else info
+        )
+    return dataclasses.replace(catalog, tables=tables)
+
+
 def plan_drift(
     planned: dict[str, list[tuple[str, str]]],
     source: Catalog,

@@ -1,8 +1,9 @@
-"""After the data: deferred indexes rebuilt, sequences set, planner statistics refreshed.
+"""After the data: deferred indexes and constraints back, sequences set, statistics fresh.
 
-`supabase_indexes` rebuilds every index the schema step deferred (or a killed load left
-recorded on the target), then proves the whole schema, every index present and valid,
-equals the source's. `supabase_sequences` sets each sequence past its column's values and
+`supabase_indexes` adds back every NOT VALID constraint and rebuilds every index the schema
+step deferred (or a killed load left recorded on the target), then proves the whole schema,
+every index present and valid, every constraint as valid as on the source, equals the
+source's. `supabase_sequences` sets each sequence past its column's values and
 ANALYZEs what was loaded, so the app's first queries are planned on real statistics.
 """
 
@@ -11,13 +12,10 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from migration_assets.db.indexes import (
-    drop_state_if_empty,
-    index_groups,
-    recorded,
-    restore_indexes,
-)
+from migration_assets.db.constraints import recorded_constraints, restore_constraints
+from migration_assets.db.indexes import index_groups, recorded, restore_indexes
 from migration_assets.db.sequences import lagging_sequences, sync_sequences
+from migration_assets.db.state import drop_if_empty
 from migration_assets.db.statistics import analyze, stale
 from migration_assets.defs.failures import as_failure
 from migration_assets.defs.keys import (
@@ -81,7 +79,8 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         description=(
             "Rebuilds, once and after the data, every index the schema step deferred on a "
             "cold load (and any a killed load left recorded on the target); partitioned "
-            "tables' indexes on every partition, attached, the parent valid."
+            "tables' indexes on every partition, attached, the parent valid. Adds back the "
+            "NOT VALID constraints the schema step dropped for the load, still NOT VALID."
         ),
         check_specs=[
             dg.AssetCheckSpec(
@@ -90,7 +89,7 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
                 blocking=True,
                 description=(
                     "The target's schema equals the source's with every index present and "
-                    "valid, none left deferred."
+                    "valid, every constraint back, none left deferred."
                 ),
             )
         ],
@@ -99,12 +98,16 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
         with as_failure("index rebuild"), target.connect() as conn:
+            held = recorded_constraints(conn)
+            restore_constraints(conn, held)  # NOT VALID: nothing scanned, instant
             pending = sorted(recorded(conn), key=lambda i: -size.get((i.schema, i.table), 0))
             groups = index_groups(pending)  # a second lane is of use only with two groups
             with target_lanes(context, len(groups)) as lanes:
                 restore_indexes(conn, groups, target.connect, lanes)
-            drop_state_if_empty(conn)
-        context.log.info(f"{len(pending)} deferred index(es) rebuilt")
+            drop_if_empty(conn)
+        context.log.info(
+            f"{len(pending)} deferred index(es) rebuilt, {len(held)} constraint(s) added back"
+        )
         with as_failure("index check"):
             differences, _ = schema_differences(plan, source, target)
         return dg.MaterializeResult(
@@ -113,6 +116,9 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
                 "connections": lanes,  # to the target: its pool slot's and any then free
                 "rebuilt": dg.MetadataValue.md(
                     "\n".join(f"- {i.schema}.{i.name} on {i.table}" for i in pending) or "none"
+                ),
+                "constraints_restored": dg.MetadataValue.md(
+                    "\n".join(f"- {c.name} on {c.qualified_table}" for c in held) or "none"
                 ),
             },
             check_results=[

@@ -16,6 +16,7 @@ import psycopg
 from dagster import AssetCheckExecutionContext, AssetExecutionContext
 
 from migration_assets.db.catalog import read_catalog
+from migration_assets.db.constraints import defer_constraints, recorded_constraints
 from migration_assets.db.errors import MigrationError
 from migration_assets.db.exposure import describe, exposed_tables
 from migration_assets.db.indexes import Deferred, defer_indexes, is_empty, recorded
@@ -33,6 +34,7 @@ from migration_assets.db.schema_diff import (
     Difference,
     compare_catalogs,
     plan_drift,
+    without_constraints,
     without_indexes,
 )
 from migration_assets.db.session import server_major
@@ -203,8 +205,11 @@ def _schema_step(
             )
             tgt.commit()
         deferred = _defer_cold_indexes(tgt, plan, options.defer_indexes_above)
+        # old rows may break them, and COPY checks every row: back after the data
+        held = defer_constraints(tgt, [(t.schema_name, t.name) for t in plan.tables])
     context.log.info(
-        f"schema: {how}; {len(hardened)} hardening step(s); {len(deferred)} index(es) deferred"
+        f"schema: {how}; {len(hardened)} hardening step(s); {len(deferred)} index(es) and "
+        f"{len(held)} NOT VALID constraint(s) deferred"
     )
     return dg.MaterializeResult(
         metadata={
@@ -214,6 +219,9 @@ def _schema_step(
             "hardening": dg.MetadataValue.md("\n".join(f"- {h}" for h in hardened) or "none"),
             "deferred_indexes": dg.MetadataValue.md(
                 "\n".join(f"- {d.schema}.{d.name} on {d.table}" for d in deferred) or "none"
+            ),
+            "deferred_constraints": dg.MetadataValue.md(
+                "\n".join(f"- {c.name} on {c.qualified_table}" for c in held) or "none"
             ),
         }
     )
@@ -270,13 +278,19 @@ def schema_differences(
 ) -> tuple[list[Difference], list[Difference]]:
     """(target vs source schema, source vs plan): what the blocking checks report.
 
-    `allow_deferred`: indexes recorded as deferred for a load are expected to be absent
-    (supabase_indexes rebuilds them, and its check allows nothing to be missing)."""
+    `allow_deferred`: indexes and NOT VALID constraints recorded as deferred for a load are
+    expected to be absent (supabase_indexes adds them back, and its check allows nothing to
+    be missing)."""
     with source.connect() as src, target.connect() as tgt:
         src_catalog, tgt_catalog = read_catalog(src), read_catalog(tgt)
         if allow_deferred:
             deferred = [(f"{d.schema}.{d.table}", d.name) for d in recorded(tgt)]
             src_catalog = without_indexes(src_catalog, deferred)
+            held = [
+                (c.qualified_table, c.name, c.definition, c.column)
+                for c in recorded_constraints(tgt)
+            ]
+            src_catalog = without_constraints(src_catalog, held)
         differences = compare_catalogs(
             src_catalog, tgt_catalog, [t.qualified for t in plan.tables], plan.enums
         )

@@ -1,0 +1,56 @@
+"""Our private schema on the target: what a killed run must find to finish its work.
+
+For a load the schema step drops what would slow or break it (a cold table's plain indexes,
+NOT VALID constraints the old rows break) and records each in a table here, in the same
+transaction as the DROP; `supabase_indexes` puts it back and forgets it in one transaction.
+Whichever run is killed in between, the next `migrate` finds the record. This module owns
+the schema: each kind of record has a table of its own, and the schema goes only once
+every table in it is empty, so one kind's cleanup never loses another's record.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from migration_assets.db.session import Connection
+
+STATE_SCHEMA = "migration_assets_state"
+
+
+def state_table(name: str) -> sql.Identifier:
+    return sql.Identifier(STATE_SCHEMA, name)
+
+
+def ensure_table(conn: Connection, name: str, columns: str) -> None:
+    """The schema and the record table `name` (`columns`: its fixed column list), created
+    if missing, in the caller's transaction."""
+    conn.execute(
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({})").format(
+            sql.Identifier(STATE_SCHEMA), state_table(name), sql.SQL(columns)
+        )
+    )
+
+
+def has_table(conn: Connection, name: str) -> bool:
+    """Is there a record table `name`? Read in a transaction the caller ends."""
+    qualified = state_table(name).as_string(conn)
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [qualified]).fetchone()
+    return bool(row and row[0])
+
+
+def drop_if_empty(conn: Connection) -> None:
+    """Drop the schema once none of its tables records anything (called between
+    transactions: this is one)."""
+    with conn.transaction():
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", [STATE_SCHEMA]
+        ).fetchall()
+        for (name,) in tables:
+            row = conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(state_table(name))
+            ).fetchone()
+            if row and row[0]:
+                return
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STATE_SCHEMA))
+        )
