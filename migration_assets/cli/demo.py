@@ -22,6 +22,7 @@ from migration_assets.cli.render import MigrateProgress, print_checks, print_mig
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.db.session import connect
 from migration_assets.defs.history import meta_text
+from migration_assets.defs.shipped import shipped_file
 from migration_assets.devstack.seed import seed as seed_database
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import AppQuery
@@ -31,8 +32,6 @@ from migration_assets.settings import load_settings
 if TYPE_CHECKING:
     from migration_assets.engine.migrate import MigrateReport
     from migration_assets.engine.session import Session
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # What the clinic app runs most: the pooler_ready check times these through the pooler.
 CLINIC_QUERIES = [
@@ -63,7 +62,7 @@ def _phase(timings: dict[str, float], name: str, console: Console) -> Iterator[N
 
 def prepare_source(stack: DevStack, *, patients: int, seed: int) -> dict[str, int]:
     """The clinic's database as the app would have it: Alembic head, then synthetic rows."""
-    alembic_upgrade(stack.source_url, sslrootcert=None, config_path=REPO_ROOT / "alembic.ini")
+    alembic_upgrade(stack.source_url, sslrootcert=None, config_path=shipped_file("alembic.ini"))
     with connect(stack.source_url, setting="SOURCE_DATABASE_URL") as conn:
         counts = seed_database(conn, patients=patients, seed=seed)
         conn.commit()
@@ -126,7 +125,7 @@ def run_demo(
                 f"servers left running. Settings (with passwords) are in {env_file} (0600):\n"
                 f"  set -a; . {env_file}; set +a\n"
                 f"  export MIGRATION_PLAN={plan_path}\n"
-                "then `migration-assets status`, `verify`, or `dagster dev -w workspace.yaml`.\n"
+                "then `migration-assets status`, `verify`, or `migration-assets ui`.\n"
                 f"stop them with: migration-assets stack down {stack.home}"
             )
         if failures:  # the last line says what failed, whatever scrolled by above
