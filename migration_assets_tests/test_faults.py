@@ -248,8 +248,19 @@ def test_a_hung_network_is_bounded_by_timeouts(
         proxy.cut()  # the server side of the silent connections ends too
         speed_up(m.target_url, SLOW_TABLE)
         code, output = run_cli(["migrate", "--workers", "1"])
-        assert code == 0, f"{output}\nproxy: {proxy.refused}"
+        assert code == 0, f"{output}\nproxy: {proxy.refused}; {_target_sessions(stack)}"
         assert_equal_databases(m.source_url, m.target_url)
+
+
+def _target_sessions(stack: DevStack) -> str:
+    """What the target holds, for a failure's message: sessions by user and state."""
+    assert stack.target is not None
+    with psycopg.connect(stack.target.admin_conninfo(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT usename, state, count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' GROUP BY 1, 2 ORDER BY 3 DESC"
+        ).fetchall()
+    return f"target sessions {rows}; open fds here {len(os.listdir('/proc/self/fd'))}"
 
 
 @pytest.fixture(scope="module")
