@@ -41,7 +41,11 @@ ALLOWED: dict[str, set[str]] = {
         "version",
     },
     "version": set(),  # the package's __init__: its version, nothing else
+    "private": set(),  # owner-only files and directories: every layer writes through it
 }
+for _rules in ALLOWED.values():
+    if _rules is not ALLOWED["private"]:
+        _rules.add("private")
 FORBIDDEN_THIRD_PARTY = {"db": {"dagster"}}
 
 
