@@ -47,6 +47,9 @@ class ColumnPlan(_Model):
     nullable: bool = True
     generated: bool = False
     binary_safe: bool = True
+    # the database gives it its values (identity, sequence or random uuid default): only a
+    # key made of such columns is no patient data, and may be shown or written down
+    database_assigned: bool = False
 
 
 class ForeignKeyPlan(_Model):
@@ -130,11 +133,28 @@ class TablePlan(_Model):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _bounds_hold_no_row_value(self) -> TablePlan:
+        """Range bounds are values of the key: written down only for a key the database
+        assigns. Any other key is patient data and is sliced by hash instead."""
+        if self.slicing.strategy is Strategy.RANGE and not self._assigned(self.slicing.key):
+            raise ValueError(
+                f"{self.schema_name}.{self.name}: range slicing writes values of "
+                f"{', '.join(self.slicing.key)} into the plan, which only a key the database "
+                "assigns (identity, sequence, random uuid) may be; write a new plan with "
+                "`migration-assets plan`, which slices such a table by hash"
+            )
+        return self
+
+    def _assigned(self, names: list[str]) -> bool:
+        assigned = {c.name for c in self.columns if c.database_assigned}
+        return bool(names) and all(n in assigned for n in names)
+
     @property
-    def key_types(self) -> list[str]:
-        """The key columns' types, in key order (a surrogate key is listed plainly)."""
-        types = {c.name: c.type for c in self.columns}
-        return [types[k] for k in self.key]
+    def plain_key(self) -> bool:
+        """Every key column is assigned by the database: its values are shown as they are.
+        Any other key, and a key-less table's whole row, is shown only as a keyed hash."""
+        return self._assigned(self.key)
 
     @property
     def qualified(self) -> str:

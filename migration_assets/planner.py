@@ -14,6 +14,7 @@ from pathlib import Path
 from migration_assets.db.catalog import Catalog, TableInfo, count_exactly, read_catalog
 from migration_assets.db.dsn import mask_dsn
 from migration_assets.db.errors import MigrationError
+from migration_assets.db.keyhash import database_assigned
 from migration_assets.db.left_out import extension_configuration
 from migration_assets.db.preflight import row_security_problems
 from migration_assets.db.session import Connection, connect
@@ -176,6 +177,7 @@ def _table_plan(conn: Connection, info: TableInfo, sizing: _Sizing) -> TablePlan
             nullable=not c.not_null,
             generated=c.generated,
             binary_safe=c.binary_safe,
+            database_assigned=database_assigned(c.identity, c.default),
         )
         for c in info.columns
     ]
@@ -209,7 +211,8 @@ def _slicing(conn: Connection, info: TableInfo, wanted: int) -> SlicingPlan:
     if len(info.primary_key) == 1:
         column = next(c for c in info.columns if c.name == info.primary_key[0])
         cast = range_cast_type(column.type)
-        if cast is not None:
+        # bounds are key values, written into the plan: only a key the database assigns
+        if cast is not None and database_assigned(column.identity, column.default):
             bounds = compute_bounds(
                 conn,
                 info.schema,

@@ -74,16 +74,15 @@ def prefix_of(kind: str | None) -> str:
 
 
 def _locate_tables(plan: MigrationPlan, name: str | None, kind: str | None) -> list[TablePlan]:
-    """Tables whose rows are reported by hash (natural keys: key#; no key: row#)."""
-    from migration_assets.db.keyhash import is_surrogate
-
+    """Tables whose rows are reported by hash (keys the database does not assign: key#;
+    no key: row#)."""
     if name:
         table = plan.table(name)
-        if is_surrogate(table.key_types):
+        if table.plain_key:
             raise PlanError(
-                f"{name} has a surrogate key ({', '.join(table.key)}): reports show its keys "
-                "as they are, there is no hash to locate"
+                f"{name}'s key ({', '.join(table.key)}) is assigned by the database: reports "
+                "show its keys as they are, there is no hash to locate"
             )
         return [table]
-    hashed = [t for t in plan.tables if not is_surrogate(t.key_types)]
+    hashed = [t for t in plan.tables if not t.plain_key]
     return [t for t in hashed if kind is None or (kind == "key") == bool(t.key)]

@@ -1,13 +1,15 @@
-"""Row labels for reports: surrogate keys as they are, natural keys as keyed hashes.
+"""Row labels for reports: keys the database assigns as they are, every other as keyed hash.
 
-A surrogate key (integers, uuid) says nothing about a patient, so reports list it plainly.
-A natural key (a medical record number, an e-mail address: any key with a column of
-another type) is one of HIPAA's identifiers, and a key-less table's "key" is the whole
-row: neither may reach logs, Dagster metadata or reports. They are named by an HMAC-SHA256
-of their text under a secret that stays with the operator, truncated (`key#3f9a1c2b7d4e`,
-`row#...`). Without the secret a label cannot be confirmed by guessing (an unkeyed hash of
-a low-entropy MRN can); with it, `migration-assets locate` streams the key text of a table,
-hashes it the same way and prints where the row lives, never its value.
+A key whose every column the database assigns (identity, sequence default, random uuid
+default: `database_assigned`) says nothing about a patient, so reports list it plainly.
+Any other key (a medical record number, an e-mail address, an account number the
+application hands out, whatever its type) is one of HIPAA's identifiers, and a key-less
+table's "key" is the whole row: neither may reach logs, Dagster metadata or reports, nor
+the plan. They are named by an HMAC-SHA256 of their text under a secret that stays with the
+operator, truncated (`key#3f9a1c2b7d4e`, `row#...`). Without the secret a label cannot be
+confirmed by guessing (an unkeyed hash of a low-entropy MRN can); with it,
+`migration-assets locate` streams the key text of a table, hashes it the same way and prints
+where the row lives, never its value.
 
 The secret is MIGRATION_KEY_SECRET if set (the same value on every machine that runs
 checks or `locate`), else a random one generated once into `$DAGSTER_HOME/key_secret`
@@ -25,7 +27,7 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from migration_assets.db.errors import MigrationError
@@ -36,15 +38,24 @@ MIN_SECRET_CHARS = 16
 DIGEST_CHARS = 12
 KEY_PREFIX = "key#"
 ROW_PREFIX = "row#"
-# Types whose values are generated, not taken from the person (format_type spellings).
-SURROGATE_TYPES = frozenset({"smallint", "integer", "bigint", "uuid"})
 _LABEL = re.compile(rf"(?:(key|row)#)?([0-9a-f]{{{DIGEST_CHARS}}})")
+# Defaults by which the database assigns a value (pg_get_expr's text, schema-qualified or
+# not): a sequence (serial, bigserial) or a random uuid.
+_ASSIGNING_DEFAULT = re.compile(
+    r"""(?:nextval\(|(?:(?:\w+|"[^"]+")\.)?(?:gen_random_uuid|uuid_generate_v4|uuidv4)\(\)$)"""
+)
 
 
-def is_surrogate(types: Iterable[str]) -> bool:
-    """True when every key column is an integer or uuid; no columns (no key) is not."""
-    listed = [t.strip().lower() for t in types]
-    return bool(listed) and all(t in SURROGATE_TYPES for t in listed)
+def database_assigned(identity: str, default: str | None) -> bool:
+    """Does the database, not the application, give the column its values?
+
+    Only then is a key free of patient data: an identity column, a sequence default
+    (`serial`), a random uuid default. Judged by meaning, not by type: an integer key the
+    application assigns is a medical record number or an account number, an identifier
+    under HIPAA like an e-mail address, and a date key is a date."""
+    if identity in ("a", "d"):
+        return True
+    return default is not None and _ASSIGNING_DEFAULT.match(default.strip()) is not None
 
 
 def label(key_text: str, secret: bytes, *, prefix: str = KEY_PREFIX) -> str:

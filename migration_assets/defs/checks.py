@@ -20,7 +20,6 @@ from migration_assets.db.exposure import Exposure, describe
 from migration_assets.db.keyhash import (
     KEY_PREFIX,
     ROW_PREFIX,
-    is_surrogate,
     label,
     load_secret,
     unwrap_record,
@@ -178,12 +177,13 @@ def _row_count_result(c: TableComparison) -> dg.AssetCheckResult:
 
 
 class KeyLabels:
-    """How one table's rows are named in metadata: surrogate keys plainly; natural keys and
-    key-less rows as keyed hashes (db/keyhash.py), the secret read only when one is needed."""
+    """How one table's rows are named in metadata: keys the database assigns plainly; any
+    other key and key-less rows as keyed hashes (db/keyhash.py), the secret read only when
+    one is needed."""
 
     def __init__(self, table: TablePlan) -> None:
         self.keyed = bool(table.key)
-        self.plain = is_surrogate(table.key_types)
+        self.plain = table.plain_key
         self._secret: bytes | None = None
 
     def __call__(self, key_text: str) -> str:
@@ -202,8 +202,8 @@ class KeyLabels:
     @property
     def kind(self) -> str:
         if self.plain:
-            return "primary keys"
-        what = "natural primary keys" if self.keyed else "whole rows (table has no key)"
+            return "primary keys (assigned by the database)"
+        what = "primary keys" if self.keyed else "whole rows (table has no key)"
         return f"keyed hashes of {what}: `migration-assets locate HASH` finds the row"
 
 
