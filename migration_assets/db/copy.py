@@ -17,7 +17,7 @@ from psycopg import IsolationLevel, sql
 from psycopg.copy import QueuedLibpqWriter
 
 from migration_assets.db.checksum import Checksum, RowHash, slice_checksum
-from migration_assets.db.errors import MigrationError, safe_message
+from migration_assets.db.errors import MigrationError, raised_in_function, safe_message
 from migration_assets.db.session import Connection, server_major
 from migration_assets.db.slices import SliceSpec, text_bytes
 
@@ -257,7 +257,7 @@ def _explain(exc: psycopg.Error, spec: SliceSpec) -> MigrationError:
     """A database error as a message with no row values and, where we know one, a fix."""
     message = safe_message(exc)
     where = f"{spec.schema}.{spec.table} slice {spec.index:03d}"
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege) and not raised_in_function(exc):
         for needle, hint in _PRIVILEGE_HINT.items():
             if needle in message:
                 return MigrationError(f"{where}: {hint}. [{message}]")

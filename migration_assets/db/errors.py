@@ -1,10 +1,14 @@
 """Errors without patient data, and connection failures translated into fixes.
 
 PostgreSQL puts row values into an error's DETAIL ("Key (mrn)=(...) already exists"),
-its CONTEXT ("COPY patients, line 3: ...") and some primary messages ("invalid input
-syntax for type uuid: ..."). None of that may reach logs, Dagster metadata or reports:
-`safe_message` keeps the SQLSTATE, the primary message with quoted values masked, and the
-names of the objects involved.
+its CONTEXT ("COPY patients, line 3: ...") and many primary messages ("value "..." is out of
+range for type integer", "invalid input syntax for type uuid: ..."), and a trigger's RAISE
+says whatever its author formatted into it. None of that may reach logs, Dagster metadata,
+exceptions or reports. So PostgreSQL's words pass through an allowlist, never a blocklist:
+for a data error (SQLSTATE classes 22 and 23) and for anything raised inside a trigger or
+function, `safe_message` keeps only the SQLSTATE, the names of the objects involved and a
+fixed explanation of ours. Other errors (privileges, timeouts, a lost connection) are about
+the database, not its rows: their primary message is kept, quoted values still masked.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ _TRAILING_BARE = re.compile(r"(invalid input syntax for type [\w ]+|input is out
 # sequence 0xe2 0x80 0x9c in encoding ..." (22P05): the bytes are a piece of the value.
 _BYTES = re.compile(r"0x[0-9a-fA-F]{2}(?:\s+0x[0-9a-fA-F]{2})*")
 
+# What a data error means, in our words: the server's own carry the value.
+DATA_ERRORS: dict[str, str] = {
+    "22001": "a value is too long for its column's type",
+    "22003": "a value is out of range for its column's type",
+    "22007": "a date or time value is not valid for its column's type",
+    "22008": "a date or time value is out of range for its column's type",
+    "22012": "a division by zero",
+    "22021": "a value's bytes are not valid in the database's encoding",
+    "22P02": "a value is not valid input for its column's type (or enum)",
+    "22P05": "a character has no equivalent in the target database's encoding",
+    "23502": "a row has no value in a column that requires one",
+    "23503": "a row refers to a key that does not exist (or a key is still referred to)",
+    "23505": "a row's key or unique value exists already",
+    "23514": "a row breaks a check constraint",
+    "23P01": "a row conflicts with another under an exclusion constraint",
+}
+_DATA_CLASSES = {
+    "22": "a value is not valid for its column's type",
+    "23": "a row breaks an integrity constraint",
+}
+RAISED = "a trigger or function raised an error"
+# function names in an error's CONTEXT (its other lines may quote statements and values)
+_FUNCTION = re.compile(r"\b(?:PL/\w+|SQL) function ([^\s(]+)\(")
+
 
 class MigrationError(Exception):
     """An error whose message is safe to log and names what to do next."""
@@ -37,28 +65,57 @@ class MigrationError(Exception):
 
 def safe_message(exc: BaseException) -> str:
     """The error as text that carries no row values."""
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's wrapper quotes statements and parameters
+    if isinstance(orig, psycopg.Error):
+        exc = orig
     if not isinstance(exc, psycopg.Error):
         return mask_values(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     diag = exc.diag
-    primary = diag.message_primary or (str(exc).splitlines()[0] if str(exc) else "")
-    parts = [mask_values(primary)]
-    names = [
+    code = diag.sqlstate or getattr(exc, "sqlstate", None) or ""
+    functions = _FUNCTION.findall(diag.context or "")
+    if _is_data_error(code, functions):
+        parts = [_explanation(code, functions)]
+    else:
+        primary = diag.message_primary or (str(exc).splitlines()[0] if str(exc) else "")
+        parts = [mask_values(primary)]
+    names = _object_names(diag)
+    if names:
+        parts.append("(" + ", ".join(names) + ")")
+    hint = cancel_hint(exc) or row_security_hint(exc)
+    if hint:
+        parts.append(f"- {hint}")
+    return (f"[{code}] " if code else "") + " ".join(parts)
+
+
+def raised_in_function(exc: BaseException) -> bool:
+    """Did the error come out of a trigger or function (someone else's code and words)?"""
+    return isinstance(exc, psycopg.Error) and bool(_FUNCTION.search(exc.diag.context or ""))
+
+
+def _is_data_error(code: str, functions: list[str]) -> bool:
+    """About the rows, or said by code of someone else's: only our words may pass."""
+    return code[:2] in _DATA_CLASSES or code.startswith("P0") or bool(functions)
+
+
+def _explanation(code: str, functions: list[str]) -> str:
+    said = DATA_ERRORS.get(code) or _DATA_CLASSES.get(code[:2]) or RAISED
+    if functions:
+        said += f", raised in function {functions[0]}"
+    return said + " (PostgreSQL's message is withheld: it can quote row values)"
+
+
+def _object_names(diag: psycopg.errors.Diagnostic) -> list[str]:
+    return [
         f"{label} {value}"
         for label, value in (
             ("schema", diag.schema_name),
             ("table", diag.table_name),
             ("column", diag.column_name),
             ("constraint", diag.constraint_name),
+            ("type", diag.datatype_name),
         )
         if value
     ]
-    if names:
-        parts.append("(" + ", ".join(names) + ")")
-    code = diag.sqlstate or getattr(exc, "sqlstate", None)
-    hint = cancel_hint(exc) or row_security_hint(exc)
-    if hint:
-        parts.append(f"- {hint}")
-    return (f"[{code}] " if code else "") + " ".join(parts)
 
 
 def cancel_hint(exc: BaseException) -> str | None:
