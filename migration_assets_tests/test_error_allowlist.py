@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from migration_assets.db.errors import safe_message
-
-DATA_ERRORS = {"23505": "x"}
+from migration_assets.db.errors import DATA_ERRORS, safe_message
 from migration_assets_tests.conftest import Databases, MigrationFactory
 from migration_assets_tests.helpers import run_cli
 
