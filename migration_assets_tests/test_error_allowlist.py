@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from migration_assets.db.errors import DATA_ERRORS, safe_message
@@ -94,8 +95,6 @@ def test_no_value_of_a_failed_load_reaches_output_event_log_or_report(
     isolated_cwd: Path,
 ) -> None:
     source, target = databases.existing_pair(SOURCE_DDL, SOURCE_ROWS, monkeypatch)
-    import psycopg
-
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute(TARGET_ONLY)
         conn.execute(_triggers())
@@ -140,8 +139,6 @@ def test_no_value_of_a_failed_load_reaches_output_event_log_or_report(
 def test_the_server_s_own_words_are_withheld_for_data_errors(
     databases: Databases, statement: str, sqlstate: str
 ) -> None:
-    import psycopg
-
     with psycopg.connect(databases.target()) as conn, pytest.raises(psycopg.Error) as raised:
         conn.execute(statement.encode())
     message = safe_message(raised.value)
