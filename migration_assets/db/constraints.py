@@ -124,6 +124,37 @@ def _drop_recorded(conn: Connection, c: DeferredConstraint) -> None:
     )
 
 
+def held_for_load(conn: Connection, schema: str, table: str) -> list[DeferredConstraint]:
+    """In the caller's (a slice's) transaction: drop the NOT VALID constraints still on the
+    table, for `put_back` to add before it commits.
+
+    The schema step defers them for a whole migration, so a slice finds none; a partition
+    run without it (a UI backfill of one table's failed partitions after the constraints came
+    back) would otherwise fail on the old rows that break them, on every retry. Nothing is
+    recorded: a failed or killed slice rolls the DROP back with its rows. While held, the
+    table is locked against the other slices' transactions until this one ends."""
+    name = _qualified(schema, table)
+    found = [DeferredConstraint(*row[1:]) for row in conn.execute(_NOT_VALID, [[name]])]
+    for constraint in found:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(constraint.schema, constraint.table),
+                sql.Identifier(constraint.name),
+            )
+        )
+    return found
+
+
+def put_back(conn: Connection, held: Iterable[DeferredConstraint]) -> None:
+    """Add `held_for_load`'s constraints again, in the same transaction (still NOT VALID:
+    no row is scanned)."""
+    for c in held:
+        add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(
+            sql.Identifier(c.schema, c.table), sql.Identifier(c.name)
+        )
+        conn.execute(add + sql.SQL(c.definition))  # the server's own text
+
+
 def recorded_constraints(conn: Connection) -> list[DeferredConstraint]:
     """What the target has on record as dropped for a load (nothing when it has no record)."""
     if not has_table(conn, TABLE):
@@ -150,10 +181,7 @@ def restore_constraints(conn: Connection, pending: Iterable[DeferredConstraint])
                 [_qualified(c.schema, c.table), _qualified(c.schema, c.table), c.name],
             ).fetchone()
             if not row or not row[0]:
-                add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(
-                    sql.Identifier(c.schema, c.table), sql.Identifier(c.name)
-                )
-                conn.execute(add + sql.SQL(c.definition))  # the server's own text
+                put_back(conn, [c])
             conn.execute(
                 sql.SQL(
                     "DELETE FROM {} WHERE schema_name = %s AND table_name = %s "

@@ -17,6 +17,7 @@ from psycopg import IsolationLevel, sql
 from psycopg.copy import QueuedLibpqWriter
 
 from migration_assets.db.checksum import Checksum, RowHash, slice_checksum
+from migration_assets.db.constraints import held_for_load, put_back
 from migration_assets.db.errors import MigrationError, raised_in_function, safe_message
 from migration_assets.db.session import Connection, server_major
 from migration_assets.db.slices import SliceSpec, text_bytes
@@ -127,8 +128,10 @@ def copy_slice(
                     src_sum = slice_checksum(source, job.spec, rows_hash)
                     if src_sum == before:
                         return _unchanged(binary, started, before, rows_hash.method)
+            held = held_for_load(target, job.spec.schema, job.spec.table)
             deleted = _delete_slice(target, job.spec)
             rows, nbytes = _stream(source, target, job, binary)
+            put_back(target, held)
             src_sum, tgt_sum = _checksums(source, target, job.spec, rows_hash, src_sum)
             result = SliceResult(
                 rows=rows,
