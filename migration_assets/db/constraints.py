@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from migration_assets.db.session import Connection
-from migration_assets.db.state import ensure_table, has_table, state_table
+from migration_assets.db.state import ensure_table, records, state_table
 
 TABLE = "deferred_constraints"
 COLUMNS = (
@@ -157,17 +157,8 @@ def put_back(conn: Connection, held: Iterable[DeferredConstraint]) -> None:
 
 def recorded_constraints(conn: Connection) -> list[DeferredConstraint]:
     """What the target has on record as dropped for a load (nothing when it has no record)."""
-    if not has_table(conn, TABLE):
-        conn.rollback()
-        return []
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT schema_name, table_name, constraint_name, kind, column_name, definition "
-            "FROM {} ORDER BY 1, 2, 3"
-        ).format(state_table(TABLE))
-    ).fetchall()
-    conn.rollback()
-    return [DeferredConstraint(*row) for row in rows]
+    columns = ("schema_name", "table_name", "constraint_name", "kind", "column_name", "definition")
+    return [DeferredConstraint(*row) for row in records(conn, TABLE, columns)]
 
 
 def restore_constraints(conn: Connection, pending: Iterable[DeferredConstraint]) -> None:

@@ -31,7 +31,7 @@ from psycopg import sql
 from migration_assets.db.lanes import in_lanes
 from migration_assets.db.session import Connection
 from migration_assets.db.slices import own_rows
-from migration_assets.db.state import ensure_table, has_table, state_table
+from migration_assets.db.state import ensure_table, has_table, records, state_table
 
 TABLE = "deferred_indexes"
 COLUMNS = (
@@ -136,18 +136,11 @@ def _attached(conn: Connection, schema: str, name: str) -> tuple[str, ...]:
 
 
 def recorded(conn: Connection) -> list[Deferred]:
-    if not has_table(conn, TABLE):
-        conn.rollback()
-        return []
-    with conn.transaction():
-        _ensure_state(conn)
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT schema_name, table_name, index_name, definition, then_run "
-            "FROM {} ORDER BY 1, 2, 3"
-        ).format(state_table(TABLE))
-    ).fetchall()
-    conn.rollback()
+    if has_table(conn, TABLE):
+        with conn.transaction():
+            _ensure_state(conn)  # a killed run of an older version's table lacks then_run
+    columns = ("schema_name", "table_name", "index_name", "definition", "then_run")
+    rows = records(conn, TABLE, columns)
     return [Deferred(s, t, n, d, tuple(steps)) for s, t, n, d, steps in rows]
 
 

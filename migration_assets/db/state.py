@@ -10,6 +10,9 @@ every table in it is empty, so one kind's cleanup never loses another's record.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from psycopg import sql
 
 from migration_assets.db.session import Connection
@@ -36,6 +39,21 @@ def has_table(conn: Connection, name: str) -> bool:
     qualified = state_table(name).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [qualified]).fetchone()
     return bool(row and row[0])
+
+
+def records(conn: Connection, name: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Every row of the record table `name` (none where it does not exist), by its first
+    three columns; read in a transaction of its own."""
+    if not has_table(conn, name):
+        conn.rollback()
+        return []
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM {} ORDER BY 1, 2, 3").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), state_table(name)
+        )
+    ).fetchall()
+    conn.rollback()
+    return rows
 
 
 def drop_if_empty(conn: Connection) -> None:
