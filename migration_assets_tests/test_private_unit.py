@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from migration_assets import private
+from migration_assets.db.keyhash import SECRET_FILE, load_secret
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +100,16 @@ def test_a_failed_write_leaves_no_temporary_file_behind(tmp_path: Path) -> None:
         private.write_private(in_the_way, "{}")
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
     assert list(in_the_way.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022], indirect=True, ids=oct)
+def test_the_generated_key_secret_and_its_directory_are_owner_only(
+    umask: int, tmp_path: Path
+) -> None:
+    home = tmp_path / "dagster_home"
+    secret = load_secret({"DAGSTER_HOME": str(home)})
+    assert len(secret) >= 16
+    assert _mode(home) == 0o700
+    assert _mode(home / SECRET_FILE) == 0o600
+    assert load_secret({"DAGSTER_HOME": str(home)}, create=False) == secret
+    assert sorted(p.name for p in home.iterdir()) == [SECRET_FILE]

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from migration_assets.devstack.binaries import DevstackError, ServiceUser, server_version
+from migration_assets.private import write_private
 
 LOOPBACK = "127.0.0.1"
 
@@ -168,8 +169,7 @@ class PostgresServer:
             fh.write("\ninclude = 'devstack.conf'\n")
 
     def _write(self, path: Path, text: str) -> None:
-        path.write_text(text)
-        path.chmod(0o600)
+        write_private(path, text)
         self._own(path)
 
     def set_port(self, port: int) -> None:

@@ -39,6 +39,7 @@ from migration_assets.devstack.shape import (
     dagster_yaml,
 )
 from migration_assets.devstack.tls import CertificateAuthority, make_ca, write_server_cert
+from migration_assets.private import private_dir, write_private
 
 SOURCE_DB = "clinic"
 SOURCE_ROLE = "clinic"
@@ -196,10 +197,10 @@ class DevStack:
 
     def _write_dagster_home(self) -> None:
         assert self.dagster is not None
-        self.dagster_home.mkdir(exist_ok=True)
-        self.dagster_home.chmod(0o700)
-        (self.dagster_home / "dagster.yaml").write_text(
-            dagster_yaml(port=self.dagster.port, target_connections=self.target_connections)
+        private_dir(self.dagster_home)
+        write_private(
+            self.dagster_home / "dagster.yaml",
+            dagster_yaml(port=self.dagster.port, target_connections=self.target_connections),
         )
 
     def dagster_home_for(self, home: Path, database: str) -> Path:
@@ -207,11 +208,10 @@ class DevStack:
         benchmark that must not pay for SQLite's per-event commits."""
         assert self.dagster is not None
         self.dagster.admin(f'CREATE DATABASE "{database}" OWNER dagster')
-        home.mkdir(mode=0o700, parents=True)
         text = dagster_yaml(
             port=self.dagster.port, db=database, target_connections=self.target_connections
         )
-        (home / "dagster.yaml").write_text(text)
+        write_private(private_dir(home) / "dagster.yaml", text)
         return home
 
     def source_url_for(self, dbname: str) -> str:
@@ -279,13 +279,10 @@ class DevStack:
         return values
 
     def write_env_file(self, path: Path | None = None) -> Path:
-        """A 0600 file of `export` lines: secrets go to disk for the user, never to stdout."""
-        path = path or self.home / "stack.env"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            for key, value in self.env().items():
-                fh.write(f"export {key}={_shell_quote(value)}\n")
-        return path
+        """A 0600 file of `export` lines: secrets go to disk for the user, never to stdout;
+        through a fresh file, never through a name someone put there first."""
+        lines = (f"export {key}={_shell_quote(value)}\n" for key, value in self.env().items())
+        return write_private(path or self.home / "stack.env", "".join(lines))
 
     def _save_state(self) -> None:
         state = {
@@ -299,7 +296,7 @@ class DevStack:
         }
         if self.bouncer is not None and self.bouncer.pid is not None:
             state["pooler"] = {"port": self.bouncer.port, "pid": self.bouncer.pid}
-        (self.home / "stack.json").write_text(json.dumps(state, indent=2))
+        write_private(self.home / "stack.json", json.dumps(state, indent=2))
         self.write_env_file()
 
     def describe(self) -> list[tuple[str, str]]:
