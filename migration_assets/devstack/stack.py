@@ -38,11 +38,19 @@ from migration_assets.devstack.shape import (
     TARGET_ROLES,
     dagster_yaml,
 )
-from migration_assets.devstack.tls import CertificateAuthority, make_ca, write_server_cert
+from migration_assets.devstack.tls import (
+    LOCAL_NAMES,
+    CertificateAuthority,
+    make_ca,
+    write_server_cert,
+)
 from migration_assets.private import private_dir, write_private
 
 SOURCE_DB = "clinic"
 SOURCE_ROLE = "clinic"
+# A name the source's certificate carries besides localhost: with hostaddr=127.0.0.1 a test
+# reaches the loopback source as a non-local host, verified (`.test` never resolves).
+SOURCE_TLS_HOST = "clinic-db.devstack.test"
 TARGET_DB = "postgres"
 TARGET_ROLE = "postgres"  # Supabase's migration role: NOT a superuser
 TARGET_SUPERUSER = "supabase_admin"
@@ -74,6 +82,7 @@ class DevStack:
     passwords: dict[str, str] = field(default_factory=dict)
     pooler_pid: int | None = None  # of a pooler started by an earlier process
     certificate_authority: CertificateAuthority | None = None  # in memory only
+    source_tls_host: str = SOURCE_TLS_HOST
     target_connections: int = DEFAULT_TARGET_CONNECTIONS  # the Dagster pool's limit
     _created_root: bool = False
 
@@ -121,10 +130,16 @@ class DevStack:
         ca = self.certificate_authority = make_ca()
         ca.write_cert(self.ca_file)
         write_server_cert(ca, tls_dir / "server.crt", tls_dir / "server.key")
+        source_tls = (tls_dir / "source.crt", tls_dir / "source.key")
+        write_server_cert(ca, *source_tls, hosts=(*LOCAL_NAMES, self.source_tls_host))
         self.passwords = {n: secrets.token_urlsafe(18) for n in ("source", "target", "dagster")}
         source_bin = self._bin(self.source_bin)
         target_bin = self._bin(self.target_bin or self.source_bin)
-        self.source = PostgresServer("source", self.home, source_bin, self.user)
+        # The source offers TLS (the stack's CA) but does not insist, as a clinic's database
+        # may; its URLs say sslmode=disable, and tests that need TLS ask for verify-full.
+        self.source = PostgresServer(
+            "source", self.home, source_bin, self.user, tls_files=source_tls, tls_only=False
+        )
         self.target = PostgresServer(
             "target",
             self.home,
@@ -215,6 +230,7 @@ class DevStack:
         return home
 
     def source_url_for(self, dbname: str) -> str:
+        """Plain on loopback, as a clinic's local database is reached (see `_start_servers`)."""
         assert self.source is not None
         return _url(
             user=SOURCE_ROLE,
@@ -222,6 +238,7 @@ class DevStack:
             host=LOOPBACK,
             port=self.source.port,
             dbname=dbname,
+            sslmode="disable",
         )
 
     def _as_migration_role(self, port: int, dbname: str) -> str:

@@ -19,6 +19,8 @@ from cryptography.x509.oid import NameOID
 
 from migration_assets.private import write_private
 
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
 
 @dataclass(frozen=True)
 class CertificateAuthority:
@@ -76,7 +78,7 @@ def write_server_cert(
     cert_path: Path,
     key_path: Path,
     *,
-    hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
+    hosts: tuple[str, ...] = LOCAL_NAMES,
     expired: bool = False,
 ) -> None:
     """A server certificate for `hosts`; `expired=True` makes one that ended yesterday."""
