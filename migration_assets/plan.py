@@ -21,6 +21,7 @@ from migration_assets.db.slices import (
     SliceSpec,
     Strategy,
 )
+from migration_assets.private import write_private
 
 PLAN_FORMAT = 1
 FINGERPRINT_CHARS = 8
@@ -348,11 +349,10 @@ def _problems(exc: ValidationError) -> str:
 
 
 def save_plan(plan: MigrationPlan, path: Path | str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """0600 through a fresh file: a plan names every table, key and schema of a clinic's
+    database, and a reader must never see half of one."""
     data = plan.model_dump(mode="json", by_alias=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return path
+    return write_private(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def plan_summary(plan: MigrationPlan) -> list[dict[str, Any]]:

@@ -16,11 +16,15 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from migration_assets.db.dsn import (
+    SOURCE_TLS_UNVERIFIED,
+    SOURCE_TLS_VERIFY,
     DsnError,
     is_transaction_pooler,
+    judge_source_tls,
     judge_target_tls,
     mask_dsn,
     parse_dsn,
+    with_params,
 )
 from migration_assets.db.session import parse_statement_timeout
 
@@ -29,6 +33,14 @@ class SchemaMode(StrEnum):
     ALEMBIC = "alembic"
     EXISTING = "existing"
     PG_DUMP = "pg_dump"
+
+
+class SourceTls(StrEnum):
+    """How a non-local source must be reached: `verify` (verify-full with a CA, as the
+    target) or `unverified` (accepted as it is, and recorded as such)."""
+
+    VERIFY = SOURCE_TLS_VERIFY
+    UNVERIFIED = SOURCE_TLS_UNVERIFIED
 
 
 class SettingsError(Exception):
@@ -40,6 +52,7 @@ HINTS: dict[str, str] = {
     "SUPABASE_DB_URL": "the project's direct connection (port 5432) or session pooler URL",
     "SUPABASE_POOLER_URL": "the transaction pooler URL (port 6543) the application will use",
     "SUPABASE_SSLROOTCERT": "path of the project's CA certificate (prod-ca-2021.crt)",
+    "SOURCE_SSLROOTCERT": "path of the CA certificate that signed the source server's",
     "MIGRATION_PLAN": "path of the plan file written by `migration-assets plan --out FILE`",
     "DAGSTER_HOME": "a directory for Dagster's run and check history (the audit trail)",
 }
@@ -75,6 +88,10 @@ class Settings(BaseSettings):
     supabase_db_url: SecretStr | None = Field(default=None, alias="SUPABASE_DB_URL")
     supabase_pooler_url: SecretStr | None = Field(default=None, alias="SUPABASE_POOLER_URL")
     supabase_sslrootcert: Path | None = Field(default=None, alias="SUPABASE_SSLROOTCERT")
+    source_sslrootcert: Path | None = Field(default=None, alias="SOURCE_SSLROOTCERT")
+    # the CA of a non-local source's certificate (verify-full), as SUPABASE_SSLROOTCERT's
+    migration_source_tls: SourceTls = Field(default=SourceTls.VERIFY, alias="MIGRATION_SOURCE_TLS")
+    # `unverified`: a non-local source is accepted without verified TLS (and recorded so)
     migration_schema_mode: SchemaMode = Field(
         default=SchemaMode.ALEMBIC, alias="MIGRATION_SCHEMA_MODE"
     )
@@ -113,13 +130,7 @@ class Settings(BaseSettings):
 
     def problems(self) -> list[str]:
         """Everything wrong with the values that are set; missing ones are `require`'s job."""
-        found: list[str] = []
-        cert = str(self.supabase_sslrootcert) if self.supabase_sslrootcert else None
-        if self.supabase_sslrootcert and not self.supabase_sslrootcert.is_file():
-            found.append(
-                f"SUPABASE_SSLROOTCERT={self.supabase_sslrootcert} is not a readable file: "
-                "download the CA certificate from the Supabase dashboard and point to it."
-            )
+        found = self._missing_ca_files()
         for name, value in self._urls().items():
             try:
                 parse_dsn(value)
@@ -128,11 +139,34 @@ class Settings(BaseSettings):
                 continue
             if name in POOLER_REFUSED and is_transaction_pooler(value):
                 found.append(POOLER_REFUSED[name])
-            elif name != "SOURCE_DATABASE_URL":
-                verdict = judge_target_tls(value, setting=name, sslrootcert=cert)
-                if not verdict.ok:
-                    found.append(verdict.problem)
+                continue
+            verdict = (
+                judge_source_tls(
+                    value, sslrootcert=self.source_ca, policy=self.migration_source_tls.value
+                )
+                if name == "SOURCE_DATABASE_URL"
+                else judge_target_tls(value, setting=name, sslrootcert=self.sslrootcert)
+            )
+            if not verdict.ok:
+                found.append(verdict.problem)
         return found
+
+    def _missing_ca_files(self) -> list[str]:
+        fixes = {
+            "SUPABASE_SSLROOTCERT": (
+                self.supabase_sslrootcert,
+                "download the CA certificate from the Supabase dashboard and point to it.",
+            ),
+            "SOURCE_SSLROOTCERT": (
+                self.source_sslrootcert,
+                "point it at the CA certificate that signed the source server's certificate.",
+            ),
+        }
+        return [
+            f"{name}={path} is not a readable file: {fix}"
+            for name, (path, fix) in fixes.items()
+            if path is not None and not path.is_file()
+        ]
 
     def _urls(self) -> dict[str, str]:
         pairs = {
@@ -154,9 +188,12 @@ class Settings(BaseSettings):
 
     @property
     def source_dsn(self) -> str:
+        """The source's URL, with SOURCE_SSLROOTCERT as its `sslrootcert` unless the URL
+        names one: every connection to the source verifies against the same CA."""
         self.require("SOURCE_DATABASE_URL")
         assert self.source_database_url is not None
-        return self.source_database_url.get_secret_value()
+        url = self.source_database_url.get_secret_value()
+        return with_params(url, sslrootcert=self.source_ca) if self.source_ca else url
 
     @property
     def target_dsn(self) -> str:
@@ -167,6 +204,10 @@ class Settings(BaseSettings):
     @property
     def sslrootcert(self) -> str | None:
         return str(self.supabase_sslrootcert) if self.supabase_sslrootcert else None
+
+    @property
+    def source_ca(self) -> str | None:
+        return str(self.source_sslrootcert) if self.source_sslrootcert else None
 
     def plan_path(self, override: Path | str | None = None) -> Path:
         """`--plan` wins over MIGRATION_PLAN; a missing file is named with the fix."""
@@ -187,6 +228,8 @@ class Settings(BaseSettings):
         """Every setting as it may be shown: URLs masked, paths as given."""
         shown: dict[str, str] = {k: mask_dsn(v) for k, v in self._urls().items()}
         shown["SUPABASE_SSLROOTCERT"] = self.sslrootcert or ""
+        shown["SOURCE_SSLROOTCERT"] = self.source_ca or ""
+        shown["MIGRATION_SOURCE_TLS"] = self.migration_source_tls.value
         shown["MIGRATION_SCHEMA_MODE"] = self.migration_schema_mode.value
         shown["MIGRATION_PLAN"] = str(self.migration_plan or "")
         shown["DAGSTER_HOME"] = str(self.dagster_home or "")

@@ -74,10 +74,11 @@ def test_bad_connections_are_named(
 
 
 def test_target_without_tls_is_refused(
-    migration: MigrationFactory, databases: Databases, monkeypatch: pytest.MonkeyPatch
+    migration: MigrationFactory, stack: DevStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Dagster's storage server is the stack's one without TLS (the source offers it)."""
     m = _planned(migration)
-    plain = _with(databases.source(seeded=False), sslmode="verify-full", sslrootcert=str(m.ca_file))
+    plain = _with(stack.dagster_url, sslmode="verify-full", sslrootcert=str(m.ca_file))
     _refused(monkeypatch, plain, "does not offer TLS")
 
 

@@ -23,7 +23,13 @@ from psycopg import sql
 from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.keyhash import label
 from migration_assets.db.session import connect
-from migration_assets.defs.keys import POOLER_READY, SCHEMA_KEY, SEQUENCES_KEY, TARGET_POOL
+from migration_assets.defs.keys import (
+    POOLER_READY,
+    SCHEMA_KEY,
+    SEQUENCES_KEY,
+    TARGET_POOL,
+    TLS_IN_USE,
+)
 from migration_assets.devstack.binaries import pg_bin_dir
 from migration_assets.devstack.cluster import free_port
 from migration_assets.plan import load_plan
@@ -80,6 +86,27 @@ def target_table_exists(url: str, name: str) -> bool:
     return bool(row and row[0])
 
 
+def with_params(url: str, **changes: str) -> str:
+    params = parse_dsn(url)
+    params.update(changes)
+    return display_url(params, mask=False)
+
+
+def tls_metadata(c: Case) -> dict[str, object]:
+    """What the latest `tls_in_use` recorded, values as plain Python."""
+    with c.instance() as instance:
+        record = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(SCHEMA_KEY, TLS_IN_USE)
+        )
+    assert record is not None, "tls_in_use did not run"
+    assert record.event is not None
+    assert record.event.dagster_event is not None
+    evaluation = record.event.dagster_event.event_specific_data
+    assert isinstance(evaluation, dg.AssetCheckEvaluation)
+    assert evaluation.passed, evaluation.metadata
+    return {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+
+
 def without_sslrootcert(url: str) -> str:
     params = parse_dsn(url)
     params.pop("sslrootcert", None)
@@ -131,6 +158,38 @@ def _sslrootcert(c: Case) -> None:
     code, output = c.migrate()
     assert code == 0, output
     assert_equal_databases(c.m.source_url, c.m.target_url, schemas=["reference"])
+
+
+@case("SOURCE_SSLROOTCERT")
+def _source_sslrootcert(c: Case) -> None:
+    """A verify-full source URL without a CA in it: `plan` and every run's connections to
+    the source verify its certificate against the .env's CA (libpq has no other)."""
+    source = with_params(c.m.source_url, sslmode="verify-full")
+    c.configure(SOURCE_DATABASE_URL=source, SOURCE_SSLROOTCERT=str(c.m.ca_file))
+    c.plan()
+    code, output = c.migrate()
+    assert code == 0, output
+    meta = tls_metadata(c)
+    assert meta["source_sslmode"] == "verify-full", meta
+    assert str(meta["source_protocol"]).startswith("TLSv1."), meta
+
+
+@case("MIGRATION_SOURCE_TLS")
+def _source_tls(c: Case) -> None:
+    """`unverified`: a source judged non-local (its host name; hostaddr reaches the loopback
+    server) is accepted without TLS, and tls_in_use says so."""
+    source = with_params(
+        c.m.source_url, host="clinic-db.example.org", hostaddr="127.0.0.1", sslmode="disable"
+    )
+    c.configure(SOURCE_DATABASE_URL=source, MIGRATION_SOURCE_TLS="unverified")
+    c.plan()
+    code, output = c.migrate()
+    assert code == 0, output
+    meta = tls_metadata(c)
+    assert meta["source_tls_policy"] == "unverified", meta
+    assert meta["source_cipher"] == "none", meta
+    assert meta["source_protocol"] == "none", meta
+    assert str(meta["protocol"]).startswith("TLSv1."), "the target's keys are as they were"
 
 
 @case("SUPABASE_POOLER_URL")

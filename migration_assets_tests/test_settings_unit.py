@@ -14,7 +14,7 @@ from migration_assets.db.dsn import (
     sqlalchemy_url,
     with_params,
 )
-from migration_assets.settings import SchemaMode, SettingsError, load_settings
+from migration_assets.settings import SETTING_NAMES, SchemaMode, SettingsError, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -89,6 +89,20 @@ def test_remote_target_needs_verify_full_and_a_ca() -> None:
     assert good.ok
     local = judge_target_tls("postgresql://u:p@localhost/postgres", setting="X", sslrootcert=None)
     assert local.ok
+
+
+def test_a_hostaddr_that_leaves_the_machine_makes_a_target_non_local() -> None:
+    """libpq connects to hostaddr; host only names the certificate."""
+    verdict = judge_target_tls(
+        "postgresql://u:p@localhost/postgres?hostaddr=203.0.113.5&sslmode=require",
+        setting="SUPABASE_DB_URL",
+        sslrootcert=None,
+    )
+    assert not verdict.ok
+    assert "points at 203.0.113.5 with sslmode=require" in verdict.problem
+    assert judge_target_tls(
+        "postgresql://u:p@localhost/postgres?hostaddr=127.0.0.1", setting="X", sslrootcert=None
+    ).ok
 
 
 def test_with_params_keeps_what_the_dsn_says() -> None:
@@ -194,3 +208,96 @@ def test_plan_option_overrides_the_setting(
     assert settings.plan_path(b) == b
     with pytest.raises(SettingsError, match="migration-assets plan"):
         settings.plan_path(isolated_cwd / "missing.json")
+
+
+REMOTE_SOURCE = f"postgresql://app:{ENCODED}@clinic-db.example.org:5432/clinic"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        REMOTE_SOURCE,
+        REMOTE_SOURCE + "?sslmode=require",
+        REMOTE_SOURCE + "?sslmode=verify-ca",
+        REMOTE_SOURCE + "?sslmode=verify-full",  # no CA anywhere
+        f"postgresql://app:{ENCODED}@10.1.2.3/clinic?sslmode=disable",
+        # the name is local, the address libpq connects to is not
+        f"postgresql://app:{ENCODED}@localhost/clinic?hostaddr=10.1.2.3",
+        f"host=localhost,db.example.org user=app password={SECRET} dbname=clinic",
+    ],
+    ids=["prefer", "require", "verify-ca", "no CA", "IP, disable", "hostaddr", "two hosts"],
+)
+def test_a_non_local_source_without_verified_tls_is_refused_naming_the_fix(
+    url: str, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every row crosses the network from a source on another host: as for the target,
+    nothing less than verify-full with a CA, unless MIGRATION_SOURCE_TLS says otherwise."""
+    monkeypatch.setenv("SOURCE_DATABASE_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    text = str(caught.value)
+    assert "SOURCE_DATABASE_URL" in text
+    assert "SOURCE_SSLROOTCERT" in text
+    assert "MIGRATION_SOURCE_TLS=unverified" in text
+    assert "SUPABASE_SSLROOTCERT" not in text, "the target's CA is not the source's"
+    assert SECRET not in text
+
+
+def test_a_non_local_source_is_accepted_verified_or_knowingly_unverified(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = isolated_cwd / "clinic-ca.crt"
+    ca.write_text("not parsed here\n")
+    verify_full = REMOTE_SOURCE + "?sslmode=verify-full"
+    monkeypatch.setenv("SOURCE_DATABASE_URL", verify_full)
+    monkeypatch.setenv("SOURCE_SSLROOTCERT", str(ca))
+    settings = load_settings(env_file=None)
+    assert parse_dsn(settings.source_dsn)["sslrootcert"] == str(ca), "connections get the CA"
+    assert settings.describe()["SOURCE_SSLROOTCERT"] == str(ca)
+    assert settings.describe()["MIGRATION_SOURCE_TLS"] == "verify"
+    monkeypatch.delenv("SOURCE_SSLROOTCERT")
+    monkeypatch.setenv("SOURCE_DATABASE_URL", f"{verify_full}&sslrootcert={ca}")
+    assert parse_dsn(load_settings(env_file=None).source_dsn)["sslrootcert"] == str(ca)
+    monkeypatch.setenv("SOURCE_DATABASE_URL", REMOTE_SOURCE + "?sslmode=require")
+    monkeypatch.setenv("MIGRATION_SOURCE_TLS", "unverified")
+    assert load_settings(env_file=None).describe()["MIGRATION_SOURCE_TLS"] == "unverified"
+    monkeypatch.setenv("MIGRATION_SOURCE_TLS", "none")
+    with pytest.raises(SettingsError, match="MIGRATION_SOURCE_TLS"):
+        load_settings(env_file=None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:pw@localhost/clinic",
+        "postgresql://app:pw@127.0.0.1:5433/clinic",
+        "postgresql://app:pw@[::1]/clinic",
+        "postgresql:///clinic?host=/var/run/postgresql",
+    ],
+)
+def test_a_local_source_needs_no_tls(
+    url: str, isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATABASE_URL", url)
+    assert load_settings(env_file=None).describe()["MIGRATION_SOURCE_TLS"] == "verify"
+
+
+def test_a_missing_source_ca_file_is_named(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_SSLROOTCERT", str(isolated_cwd / "clinic.crt"))
+    with pytest.raises(SettingsError, match=r"SOURCE_SSLROOTCERT=.*clinic\.crt"):
+        load_settings(env_file=None)
+
+
+def test_every_setting_but_the_secret_is_described(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit report's configuration is `describe()`: a setting missing there is a
+    setting an auditor cannot see (URLs are shown when set, masked)."""
+    assert {"SOURCE_SSLROOTCERT", "MIGRATION_SOURCE_TLS"} <= set(SETTING_NAMES)
+    monkeypatch.setenv("SOURCE_DATABASE_URL", "postgresql://app:pw@localhost/clinic")
+    monkeypatch.setenv("SUPABASE_DB_URL", "postgresql://postgres:pw@localhost/postgres")
+    monkeypatch.setenv("SUPABASE_POOLER_URL", "postgresql://postgres:pw@localhost:6543/postgres")
+    described = load_settings(env_file=None).describe()
+    assert set(described) == set(SETTING_NAMES) - {"MIGRATION_KEY_SECRET"}

@@ -40,7 +40,23 @@ COMMANDS: dict[str, Callable[..., int]] = {
 }
 
 
+# Owner-only by default for everything this process and its children create: Dagster's own
+# files in DAGSTER_HOME (storage, run logs, schedules), reports, temporary files. Our own
+# writers set their modes explicitly (migration_assets.private); this is defence in depth.
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command, under umask 077 while it runs (the caller's is restored afterwards, for
+    callers that run commands in their own process, as the tests do)."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        return _dispatch(argv)
+    finally:
+        os.umask(previous)
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(COMMANDS[args.command](args))

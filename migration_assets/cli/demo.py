@@ -37,6 +37,7 @@ from migration_assets.devstack.seed import seed as seed_database
 from migration_assets.devstack.stack import DevStack
 from migration_assets.plan import AppQuery
 from migration_assets.planner import write_plan
+from migration_assets.private import private_dir
 from migration_assets.settings import load_settings
 
 if TYPE_CHECKING:
@@ -210,10 +211,7 @@ def evidence_folder() -> Path:
     evidence. Named by the UTC time it started, unique even for two demos in one second."""
     base = Path.cwd() / EVIDENCE
     try:
-        base.mkdir()
-        base.chmod(0o700)
-    except FileExistsError:
-        pass
+        private_dir(base)  # an existing one too: earlier runs' reports are in it
     except OSError as exc:
         raise DevstackError(
             f"cannot create {base} for the demo's audit reports ({exc.strerror}): "

@@ -86,12 +86,65 @@ def is_local_host(host: str) -> bool:
         return False
 
 
+def remote_places(dsn: str) -> list[str]:
+    """The hosts and addresses of `dsn` that are not on this machine; none means local.
+
+    libpq connects to `hostaddr` when it is given and uses `host` for the certificate's name,
+    so both must be local: `host=localhost&hostaddr=10.1.2.3` leaves the machine."""
+    params = parse_dsn(dsn)
+    hosts = [h for h in params.get("host", "").split(",") if h] or [""]
+    addresses = [a for a in params.get("hostaddr", "").split(",") if a]
+    return [p for p in hosts + addresses if not is_local_host(p)]
+
+
+def is_local_dsn(dsn: str) -> bool:
+    return not remote_places(dsn)
+
+
 @dataclass(frozen=True)
 class TlsVerdict:
-    """Whether a target DSN is acceptable, and if not exactly what to change."""
+    """Whether a DSN is acceptable, and if not exactly what to change."""
 
     ok: bool
     problem: str = ""
+
+
+TARGET_CA_HELP = (
+    "SUPABASE_SSLROOTCERT to your project's CA certificate (Supabase dashboard: Database "
+    "settings, SSL configuration, Download certificate)"
+)
+SOURCE_TLS_VERIFY = "verify"
+SOURCE_TLS_UNVERIFIED = "unverified"
+SOURCE_TLS_HELP = (
+    "a source on another host sends every row over the network. Add '?sslmode=verify-full' "
+    "to SOURCE_DATABASE_URL and set SOURCE_SSLROOTCERT to the CA certificate that signed the "
+    "source server's certificate (or add sslrootcert=/path/to/ca.crt to the URL). To accept "
+    "this source without verified TLS knowingly, set MIGRATION_SOURCE_TLS=unverified: the "
+    "tls_in_use check and the audit report then say so."
+)
+
+
+def _judge_tls(
+    dsn: str, *, setting: str, what: str, sslrootcert: str | None, fix: str
+) -> TlsVerdict:
+    """Non-local: verify-full with a CA file (URL or setting), or a problem ending in `fix`."""
+    remote = remote_places(dsn)
+    if not remote:
+        return TlsVerdict(ok=True)
+    params = parse_dsn(dsn)
+    mode = params.get("sslmode", "prefer")
+    if mode != "verify-full":
+        return TlsVerdict(
+            ok=False,
+            problem=f"{setting} points at {remote[0]} with sslmode={mode}; a non-local {what} "
+            f"must use sslmode=verify-full: {fix}",
+        )
+    if not (params.get("sslrootcert") or sslrootcert):
+        return TlsVerdict(
+            ok=False,
+            problem=f"{setting} uses sslmode=verify-full but no CA certificate is given: {fix}",
+        )
+    return TlsVerdict(ok=True)
 
 
 def judge_target_tls(dsn: str, *, setting: str, sslrootcert: str | None) -> TlsVerdict:
@@ -100,32 +153,26 @@ def judge_target_tls(dsn: str, *, setting: str, sslrootcert: str | None) -> TlsV
     Supabase does not enforce TLS by default, so a client that asks for less can end up
     unencrypted or open to a man in the middle: we refuse instead of warning.
     """
-    params = parse_dsn(dsn)
-    hosts = [h for h in params.get("host", "").split(",") if h] or [""]
-    remote = [h for h in hosts if not is_local_host(h)]
-    if not remote:
+    fix = (
+        f"add '?sslmode=verify-full' to {setting} and set {TARGET_CA_HELP} "
+        "(or add sslrootcert=/path/to/ca.crt to the URL)."
+    )
+    return _judge_tls(dsn, setting=setting, what="target", sslrootcert=sslrootcert, fix=fix)
+
+
+def judge_source_tls(dsn: str, *, sslrootcert: str | None, policy: str) -> TlsVerdict:
+    """A non-local source needs what a target needs (verify-full with a CA), unless the
+    operator set MIGRATION_SOURCE_TLS=unverified: a clinic's database on another host would
+    otherwise send every patient row in clear, and nothing would say so."""
+    if policy == SOURCE_TLS_UNVERIFIED:
         return TlsVerdict(ok=True)
-    mode = params.get("sslmode", "prefer")
-    if mode != "verify-full":
-        return TlsVerdict(
-            ok=False,
-            problem=(
-                f"{setting} points at {remote[0]} with sslmode={mode}; a non-local target must "
-                f"use sslmode=verify-full. Add '?sslmode=verify-full' to {setting} and set "
-                "SUPABASE_SSLROOTCERT to your project's CA certificate (Supabase dashboard: "
-                "Database settings, SSL configuration, Download certificate)."
-            ),
-        )
-    if not (params.get("sslrootcert") or sslrootcert):
-        return TlsVerdict(
-            ok=False,
-            problem=(
-                f"{setting} uses sslmode=verify-full but no CA certificate is given: set "
-                "SUPABASE_SSLROOTCERT to the path of your project's CA certificate "
-                "(or add sslrootcert=/path/to/ca.crt to the URL)."
-            ),
-        )
-    return TlsVerdict(ok=True)
+    return _judge_tls(
+        dsn,
+        setting="SOURCE_DATABASE_URL",
+        what="source",
+        sslrootcert=sslrootcert,
+        fix=SOURCE_TLS_HELP,
+    )
 
 
 def is_transaction_pooler(dsn: str) -> bool:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from migration_assets.db.errors import MigrationError
+from migration_assets.private import create_exclusive, private_dir
 
 SECRET_ENV = "MIGRATION_KEY_SECRET"  # noqa: S105 (the setting's name)
 SECRET_FILE = "key_secret"  # noqa: S105 (a file name)
@@ -125,11 +126,10 @@ def _secret_file(path: Path) -> bytes:
     """Read the secret, or create it: written aside, then linked into place, so two
     processes starting at once agree on one secret (the loser reads the winner's)."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # DAGSTER_HOME: what it holds is as private as the secret
         aside = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32) + "\n")
+        with create_exclusive(aside) as handle:
+            handle.write((secrets.token_hex(32) + "\n").encode())
         try:
             os.link(aside, path)
         except FileExistsError:

@@ -2,8 +2,9 @@
 
 libpq reports an expired certificate, a certificate for another host name and one signed
 by another CA all as "certificate verify failed". A tired operator needs to know which:
-renewing a certificate and fixing SUPABASE_SSLROOTCERT are different jobs. We fetch the
-certificate without trusting it (nothing but the handshake is sent) and examine it.
+renewing a certificate and fixing the CA file (SUPABASE_SSLROOTCERT for the target,
+SOURCE_SSLROOTCERT for the source) are different jobs. We fetch the certificate without
+trusting it (nothing but the handshake is sent) and examine it.
 """
 
 from __future__ import annotations
@@ -100,5 +101,6 @@ def diagnose(host: str, port: int, ca_file: str | None) -> str | None:
             "connect with a host name the certificate names"
         )
     if ca_file and not _signed_by(cert, Path(ca_file)):
-        return "the server's TLS certificate is not signed by the CA in SUPABASE_SSLROOTCERT"
+        # the file, not a setting's name: source and target each have their own CA setting
+        return f"the server's TLS certificate is not signed by the CA in {ca_file}"
     return None

@@ -2,13 +2,14 @@
 queries through the transaction pooler within budget, as the application will run them."""
 
 import time
+from typing import Any
 
 import dagster as dg
 import psycopg
 
 from migration_assets.db.appcheck import RUNS, time_queries
-from migration_assets.db.audit import tls_evidence
-from migration_assets.db.dsn import is_local_host, parse_dsn
+from migration_assets.db.audit import TlsEvidence, tls_evidence
+from migration_assets.db.dsn import SOURCE_TLS_VERIFY, is_local_dsn, parse_dsn
 from migration_assets.db.errors import MigrationError, safe_message
 from migration_assets.defs.keys import (
     POOLER_READY,
@@ -17,7 +18,7 @@ from migration_assets.defs.keys import (
     TARGET_POOL,
     TLS_IN_USE,
 )
-from migration_assets.defs.resources import TargetDatabase
+from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import MigrationPlan
 
 CONNECT_BUDGET_S = 2.0
@@ -28,23 +29,46 @@ P95_BUDGET_MS = 200.0
     asset=SCHEMA_KEY,
     name=TLS_IN_USE,
     pool=TARGET_POOL,
-    description="The migration's own connection to the target is encrypted (pg_stat_ssl).",
+    description=(
+        "The migration's own connection to the target is encrypted (pg_stat_ssl), and so is "
+        "its connection to a non-local source unless MIGRATION_SOURCE_TLS=unverified; what "
+        "both sessions negotiated is recorded (source_*: the source's)."
+    ),
 )
-def tls_in_use(target: TargetDatabase) -> dg.AssetCheckResult:
+def tls_in_use(target: TargetDatabase, source: SourceDatabase) -> dg.AssetCheckResult:
     with target.connect() as conn:
         evidence = tls_evidence(conn)
-    hosts = parse_dsn(target.url).get("host", "")
-    local = all(is_local_host(h) for h in hosts.split(",") or [""])
+    with source.connect() as conn:
+        source_evidence = tls_evidence(conn)
+        source_sslmode = parse_dsn(conn.info.dsn).get("sslmode", "prefer")
+    source_required = not source.local and source.tls == SOURCE_TLS_VERIFY
     return dg.AssetCheckResult(
-        passed=evidence.ssl,
-        severity=dg.AssetCheckSeverity.WARN if local else dg.AssetCheckSeverity.ERROR,
+        passed=evidence.ssl and (source_evidence.ssl or not source_required),
+        severity=(
+            dg.AssetCheckSeverity.WARN if is_local_dsn(target.url) else dg.AssetCheckSeverity.ERROR
+        ),
         metadata={
             "ssl": evidence.ssl,
             "protocol": evidence.version or "none",
             "cipher": evidence.cipher or "none",
             "bits": evidence.bits,
+            **_source_metadata(source_evidence, source_sslmode, source.tls),
         },
     )
+
+
+def _source_metadata(evidence: TlsEvidence, sslmode: str, policy: str) -> dict[str, Any]:
+    """The source's side, for the audit report: `none` for an unencrypted session (a local
+    source usually is), the policy a non-local one was held to, the sslmode it was reached
+    with (verify-full: its certificate and name were checked against the CA)."""
+    return {
+        "source_ssl": evidence.ssl,
+        "source_protocol": evidence.version or "none",
+        "source_cipher": evidence.cipher or "none",
+        "source_bits": evidence.bits,
+        "source_sslmode": sslmode,
+        "source_tls_policy": policy,
+    }
 
 
 def build_pooler_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:

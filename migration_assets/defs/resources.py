@@ -13,7 +13,14 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from migration_assets.db.dsn import judge_target_tls, mask_dsn
+from migration_assets.db.dsn import (
+    SOURCE_TLS_VERIFY,
+    is_local_dsn,
+    judge_source_tls,
+    judge_target_tls,
+    mask_dsn,
+    with_params,
+)
 from migration_assets.db.errors import MigrationError
 from migration_assets.db.session import Connection, Spare, connect, open_pinned
 from migration_assets.defs.liveness import Heartbeat
@@ -48,16 +55,44 @@ class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
 
 
 class SourceDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """The clinic's current database; we only read from it."""
+    """The clinic's current database; we only read from it. A non-local one is reached with
+    verified TLS unless `tls` is `unverified`, judged here before any connect (as the target
+    is): a run's settings may come from elsewhere than the CLI that checked them."""
 
     url: str
+    sslrootcert: str = ""  # SOURCE_SSLROOTCERT, unless the URL names its own
+    tls: str = SOURCE_TLS_VERIFY  # MIGRATION_SOURCE_TLS
+    _checked: bool = PrivateAttr(default=False)
     _spare: Spare = PrivateAttr(default_factory=Spare)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._spare.close()
 
+    @property
+    def dsn(self) -> str:
+        """The URL with the CA of SOURCE_SSLROOTCERT, for tools that connect on their own."""
+        return with_params(self.url, sslrootcert=self.sslrootcert or None)
+
+    @property
+    def local(self) -> bool:
+        return is_local_dsn(self.url)
+
+    def _ensure_safe(self) -> None:
+        if self._checked:
+            return
+        verdict = judge_source_tls(self.url, sslrootcert=self.sslrootcert or None, policy=self.tls)
+        if not verdict.ok:
+            raise MigrationError(verdict.problem)
+        self._checked = True
+
     def _open(self, *, autocommit: bool = False) -> Connection:
-        return open_pinned(self.url, setting="SOURCE_DATABASE_URL", autocommit=autocommit)
+        self._ensure_safe()
+        return open_pinned(
+            self.url,
+            setting="SOURCE_DATABASE_URL",
+            sslrootcert=self.sslrootcert or None,
+            autocommit=autocommit,
+        )
 
     @contextmanager
     def connect(self, *, autocommit: bool = False) -> Iterator[Connection]:

@@ -173,7 +173,7 @@ def _pg_dump_schema(
             "MIGRATION_SCHEMA_MODE=existing"
         )
     pg_dump_schema(
-        source.url,
+        source.dsn,
         target.url,
         sslrootcert=target.sslrootcert or None,
         schemas=plan.schemas,

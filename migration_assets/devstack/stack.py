@@ -38,10 +38,19 @@ from migration_assets.devstack.shape import (
     TARGET_ROLES,
     dagster_yaml,
 )
-from migration_assets.devstack.tls import CertificateAuthority, make_ca, write_server_cert
+from migration_assets.devstack.tls import (
+    LOCAL_NAMES,
+    CertificateAuthority,
+    make_ca,
+    write_server_cert,
+)
+from migration_assets.private import private_dir, write_private
 
 SOURCE_DB = "clinic"
 SOURCE_ROLE = "clinic"
+# A name the source's certificate carries besides localhost: with hostaddr=127.0.0.1 a test
+# reaches the loopback source as a non-local host, verified (`.test` never resolves).
+SOURCE_TLS_HOST = "clinic-db.devstack.test"
 TARGET_DB = "postgres"
 TARGET_ROLE = "postgres"  # Supabase's migration role: NOT a superuser
 TARGET_SUPERUSER = "supabase_admin"
@@ -73,6 +82,7 @@ class DevStack:
     passwords: dict[str, str] = field(default_factory=dict)
     pooler_pid: int | None = None  # of a pooler started by an earlier process
     certificate_authority: CertificateAuthority | None = None  # in memory only
+    source_tls_host: str = SOURCE_TLS_HOST
     target_connections: int = DEFAULT_TARGET_CONNECTIONS  # the Dagster pool's limit
     _created_root: bool = False
 
@@ -120,10 +130,16 @@ class DevStack:
         ca = self.certificate_authority = make_ca()
         ca.write_cert(self.ca_file)
         write_server_cert(ca, tls_dir / "server.crt", tls_dir / "server.key")
+        source_tls = (tls_dir / "source.crt", tls_dir / "source.key")
+        write_server_cert(ca, *source_tls, hosts=(*LOCAL_NAMES, self.source_tls_host))
         self.passwords = {n: secrets.token_urlsafe(18) for n in ("source", "target", "dagster")}
         source_bin = self._bin(self.source_bin)
         target_bin = self._bin(self.target_bin or self.source_bin)
-        self.source = PostgresServer("source", self.home, source_bin, self.user)
+        # The source offers TLS (the stack's CA) but does not insist, as a clinic's database
+        # may; its URLs say sslmode=disable, and tests that need TLS ask for verify-full.
+        self.source = PostgresServer(
+            "source", self.home, source_bin, self.user, tls_files=source_tls, tls_only=False
+        )
         self.target = PostgresServer(
             "target",
             self.home,
@@ -196,10 +212,10 @@ class DevStack:
 
     def _write_dagster_home(self) -> None:
         assert self.dagster is not None
-        self.dagster_home.mkdir(exist_ok=True)
-        self.dagster_home.chmod(0o700)
-        (self.dagster_home / "dagster.yaml").write_text(
-            dagster_yaml(port=self.dagster.port, target_connections=self.target_connections)
+        private_dir(self.dagster_home)
+        write_private(
+            self.dagster_home / "dagster.yaml",
+            dagster_yaml(port=self.dagster.port, target_connections=self.target_connections),
         )
 
     def dagster_home_for(self, home: Path, database: str) -> Path:
@@ -207,14 +223,14 @@ class DevStack:
         benchmark that must not pay for SQLite's per-event commits."""
         assert self.dagster is not None
         self.dagster.admin(f'CREATE DATABASE "{database}" OWNER dagster')
-        home.mkdir(mode=0o700, parents=True)
         text = dagster_yaml(
             port=self.dagster.port, db=database, target_connections=self.target_connections
         )
-        (home / "dagster.yaml").write_text(text)
+        write_private(private_dir(home) / "dagster.yaml", text)
         return home
 
     def source_url_for(self, dbname: str) -> str:
+        """Plain on loopback, as a clinic's local database is reached (see `_start_servers`)."""
         assert self.source is not None
         return _url(
             user=SOURCE_ROLE,
@@ -222,6 +238,7 @@ class DevStack:
             host=LOOPBACK,
             port=self.source.port,
             dbname=dbname,
+            sslmode="disable",
         )
 
     def _as_migration_role(self, port: int, dbname: str) -> str:
@@ -279,13 +296,10 @@ class DevStack:
         return values
 
     def write_env_file(self, path: Path | None = None) -> Path:
-        """A 0600 file of `export` lines: secrets go to disk for the user, never to stdout."""
-        path = path or self.home / "stack.env"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            for key, value in self.env().items():
-                fh.write(f"export {key}={_shell_quote(value)}\n")
-        return path
+        """A 0600 file of `export` lines: secrets go to disk for the user, never to stdout;
+        through a fresh file, never through a name someone put there first."""
+        lines = (f"export {key}={_shell_quote(value)}\n" for key, value in self.env().items())
+        return write_private(path or self.home / "stack.env", "".join(lines))
 
     def _save_state(self) -> None:
         state = {
@@ -299,7 +313,7 @@ class DevStack:
         }
         if self.bouncer is not None and self.bouncer.pid is not None:
             state["pooler"] = {"port": self.bouncer.port, "pid": self.bouncer.pid}
-        (self.home / "stack.json").write_text(json.dumps(state, indent=2))
+        write_private(self.home / "stack.json", json.dumps(state, indent=2))
         self.write_env_file()
 
     def describe(self) -> list[tuple[str, str]]:

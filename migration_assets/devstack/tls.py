@@ -17,6 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from migration_assets.private import write_private
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
 
 @dataclass(frozen=True)
 class CertificateAuthority:
@@ -74,7 +78,7 @@ def write_server_cert(
     cert_path: Path,
     key_path: Path,
     *,
-    hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
+    hosts: tuple[str, ...] = LOCAL_NAMES,
     expired: bool = False,
 ) -> None:
     """A server certificate for `hosts`; `expired=True` makes one that ended yesterday."""
@@ -107,12 +111,12 @@ def write_server_cert(
         .sign(ca.key, hashes.SHA256())
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
+    cert_path.chmod(0o644)  # public by nature: the servers' accounts read it
+    write_private(  # 0600 from its first byte, not after a chmod
+        key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
-        )
+        ),
     )
-    cert_path.chmod(0o644)
-    key_path.chmod(0o600)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from migration_assets.db.freeze import FreezeRecord
 from migration_assets.defs.keys import FOREIGN_KEYS_INTACT, TABLE_CHECKSUM, TABLE_ROW_COUNT
 from migration_assets.defs.report import collect_report, unverified
 from migration_assets.engine.session import Session
+from migration_assets.private import write_private
 from migration_assets.settings import Settings
 
 FREEZING, FROZEN, SWITCHED, ROLLED_BACK = "freezing", "frozen", "switched", "rolled back"
@@ -28,19 +28,6 @@ def _path(settings: Settings) -> Path:
     settings.require("DAGSTER_HOME")
     assert settings.dagster_home is not None
     return settings.dagster_home / "cutover" / "state.json"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Atomically, readable by the owner only: a half-written state or env file is worse
-    than none, and the app's env file holds a password."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -134,6 +121,6 @@ def app_env_text(settings: Settings) -> str:
 
 
 def write_app_env(settings: Settings, path: str | Path) -> Path:
-    target = Path(path)
-    write_private(target, app_env_text(settings))
-    return target
+    """0600 through a fresh file (it holds the pooler's password): a fixed temporary name
+    could be one someone planted, and a reader must never see half of it."""
+    return write_private(path, app_env_text(settings))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from migration_assets.private import private_dir, write_private
 from migration_assets.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,11 +32,15 @@ compute_logs:
 
 def prepare_dagster_home(home: Path) -> None:
     """An empty DAGSTER_HOME works as Dagster defaults it, except that a tool for patient
-    data does not phone home, and does not pay for stdout capture it never uses."""
-    home.mkdir(parents=True, exist_ok=True)
+    data does not phone home, and does not pay for stdout capture it never uses.
+
+    The directory is made 0700, an existing one too: its storage, run logs, audit reports
+    and key secret are the migration's record of patient tables, and files Dagster creates
+    there follow the process umask (which the CLI sets to 077, but a bare `dagster` may not)."""
+    private_dir(home)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(FRESH_HOME_YAML)
+        write_private(config, FRESH_HOME_YAML)
 
 
 def prepare_process(settings: Settings, plan_path: Path) -> None:
