@@ -176,7 +176,7 @@ def test_source_changes_during_the_run_are_caught_and_resynced(
 
     def first_slice_verified() -> bool:
         status = instance.get_status_by_partition(key, patients.partition_keys, partitions)
-        first_slice = (status or {}).get("000")
+        first_slice = (status or {}).get(patients.partition_keys[0])
         return first_slice is not None and first_slice.value == "MATERIALIZED"
 
     wait_until(first_slice_verified, 120, "patients' first slice verified", every=0.1)
