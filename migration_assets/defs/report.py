@@ -8,7 +8,6 @@ so: anything not verified is listed as a problem, never left out.
 import datetime as dt
 import getpass
 import hashlib
-import json
 import os
 import platform
 import socket
@@ -24,7 +23,10 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 
 from migration_assets import __version__
+from migration_assets.db.keyhash import load_secret
+from migration_assets.defs.anchors import RECORDED, anchored_in, write_anchored
 from migration_assets.defs.checks import check_names
+from migration_assets.defs.failures import as_failure
 from migration_assets.defs.history import latest_materializations, plain
 from migration_assets.defs.keys import (
     CUTOVER_KEY,
@@ -40,10 +42,12 @@ from migration_assets.defs.keys import (
     SCHEMA_MATCHES_SOURCE,
     SEQUENCES_AHEAD,
     SEQUENCES_KEY,
+    TARGET_POOL,
     TLS_IN_USE,
 )
+from migration_assets.defs.resources import TargetDatabase
 from migration_assets.plan import MigrationPlan, TablePlan
-from migration_assets.report import render_markdown, write_report
+from migration_assets.report import prepare_report, render_markdown, report_key
 from migration_assets.settings import SettingsError, load_settings
 
 GLOBAL_CHECKS = [
@@ -296,6 +300,7 @@ def report_dir(config_dir: str) -> Path:
 def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     @dg.asset(
         key=REPORT_KEY,
+        pool=TARGET_POOL,  # it records the report's anchor on the target
         deps=[SEQUENCES_KEY, SCHEMA_KEY],
         group_name="audit",
         kinds=KINDS,
@@ -307,7 +312,8 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         description=(
             "The audit report: every table's and partition's last verified counts and "
             "checksums, every check with its run id and time, Alembic revisions, TLS evidence, "
-            "who ran it, masked configuration; JSON + Markdown, SHA-256 chained."
+            "who ran it, masked configuration; JSON + Markdown, chained by keyed digests, each "
+            "anchored on the target and in this asset's metadata (chain, sequence, digest)."
         ),
         check_specs=[
             dg.AssetCheckSpec(
@@ -318,19 +324,27 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         ],
     )
     def migration_audit_report(
-        context: AssetExecutionContext, config: ReportConfig
+        context: AssetExecutionContext, config: ReportConfig, target: TargetDatabase
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
         plan_path = Path(os.environ.get("MIGRATION_PLAN", "plan.json"))
         report = collect_report(context.instance, plan, plan_path)
-        json_path, md_path = write_report(report, report_dir(config.out_dir))
-        saved = json.loads(json_path.read_text())
+        report["anchors"] = anchored_in()
+        with as_failure("audit report"):
+            prepared = prepare_report(report, report_dir(config.out_dir), report_key(load_secret()))
+            json_path, md_path, anchor = write_anchored(prepared, target)
+        if anchor != RECORDED:
+            context.log.warning(f"report #{prepared.sequence}: target anchor {anchor}")
+        saved = prepared.report
         return dg.MaterializeResult(
             metadata={
                 "report": dg.MetadataValue.md(render_markdown(saved)),
                 "json": str(json_path),
                 "markdown": str(md_path),
+                "chain": saved["chain"],
+                "sequence": saved["sequence"],
                 "digest": saved["digest"],
                 "previous_digest": saved["previous_digest"] or "none",
+                "target_anchor": anchor,
                 "complete": saved["verdict"]["complete"],
             },
             check_results=[

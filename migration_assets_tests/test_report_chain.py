@@ -1,0 +1,259 @@
+"""The audit report chain as an auditor checks it: keyed, and anchored outside its directory.
+
+One migrated pair serves the whole module (a migration is the slow part); each test writes
+its reports into a directory of its own, so every chain here is separate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from migration_assets.db.session import connect
+from migration_assets.db.state import drop_if_empty
+from migration_assets.devstack.cluster import free_port
+from migration_assets.devstack.stack import DevStack
+from migration_assets.settings import SETTING_NAMES
+from migration_assets_tests.conftest import Databases, Migration, _through_pooler, unique
+from migration_assets_tests.helpers import plan_and_migrate, run_cli
+
+pytestmark = pytest.mark.integration
+
+FOOTER = "\n\n---\ndigest "
+
+
+@pytest.fixture(scope="module")
+def pair(
+    databases: Databases, stack: DevStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Migration]:
+    """A seeded source migrated once (`migrate` wrote report #1 into $DAGSTER_HOME/audit)."""
+    with pytest.MonkeyPatch.context() as mp:
+        cwd = tmp_path_factory.mktemp("report_chain")
+        mp.chdir(cwd)
+        for name in SETTING_NAMES:
+            mp.delenv(name, raising=False)
+        home = cwd / unique("dagster_home")
+        home.mkdir()
+        target = databases.target()
+        m = Migration(
+            source_url=databases.source(),
+            target_url=target,
+            plan_path=cwd / "plan.json",
+            dagster_home=home,
+            ca_file=stack.ca_file,
+            pooler_url=_through_pooler(stack, target),
+        )
+        for key, value in m.env().items():
+            mp.setenv(key, value)
+        plan_and_migrate(m.plan_path, workers=1)
+        yield m
+
+
+def _write(directory: Path, count: int = 1) -> None:
+    for _ in range(count):
+        code, output = run_cli(["report", "--out", str(directory)])
+        assert "written" in output, output
+        assert code in (0, 1), output  # complete or not: written either way
+
+
+def _load(path: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+def _check(directory: Path, *extra: str) -> tuple[int, str]:
+    return run_cli(["report", "--check", str(directory), *extra])
+
+
+def test_report_chain_detects_tampering(pair: Migration, tmp_path: Path) -> None:
+    """What the chain detected before it was keyed, it still detects."""
+    assert run_cli(["verify"])[0] == 0
+    out = tmp_path / "audit"
+    for _ in range(2):
+        code, output = run_cli(["report", "--out", str(out)])
+        assert code == 0, output
+        assert "COMPLETE" in output
+    first = json.loads((out / "audit-0001.json").read_text())
+    assert first["verdict"]["complete"] is True
+    assert first["tls"]["protocol"].startswith("TLSv1.")
+    assert first["alembic"]["source"] == first["alembic"]["target"] != "unknown"
+    assert all(t["partitions"]["verified"] == t["partitions"]["total"] for t in first["tables"])
+    assert "***" in first["configuration"]["SUPABASE_DB_URL"]
+    assert first["generated_by"]["os_user"]
+    # what the plan leaves out is in the record, with its reason
+    assert first["plan"]["not_copied"]["public.alembic_version"] == "owned by the schema step"
+    assert (
+        "- public.alembic_version: owned by the schema step" in (out / "audit-0001.md").read_text()
+    )
+    assert run_cli(["report", "--check", str(out)])[0] == 0
+    original = (out / "audit-0001.json").read_text()
+    (out / "audit-0001.json").write_text(
+        original.replace('"verified": true', '"verified": false', 1)
+    )
+    code, output = run_cli(["report", "--check", str(out)])
+    assert code == 1
+    assert "audit-0001.json" in output
+    (out / "audit-0001.json").write_text(original)
+    markdown = (out / "audit-0002.md").read_text()
+    (out / "audit-0002.md").write_text(markdown.replace("PASS", "FAIL", 1))
+    code, output = run_cli(["report", "--check", str(out)])
+    assert code == 1
+    assert "audit-0002.md" in output
+    (out / "audit-0002.md").write_text(markdown)
+    assert run_cli(["report", "--check", str(out)])[0] == 0
+    (out / "audit-0001.json").unlink()
+    assert run_cli(["report", "--check", str(out)])[0] == 1
+
+
+def _rehash_without_the_key(directory: Path) -> None:
+    """What someone who can write the directory, but holds no key, does: change a report
+    and re-hash every one consistently, as a plain SHA-256 chain allows."""
+    previous = None
+    for path in sorted(directory.glob("audit-*.json")):
+        report = _load(path)
+        md_path = path.with_suffix(".md")
+        body = md_path.read_text().rsplit(FOOTER, 1)[0].replace("PASS", "FAIL")
+        report["generated_by"]["os_user"] = "someone-else"
+        report["markdown_sha256"] = hashlib.sha256(body.encode()).hexdigest()
+        report["previous_digest"] = previous
+        unsigned = {k: v for k, v in report.items() if k != "digest"}
+        canonical = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        report["digest"] = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+        path.write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        md_path.write_text(body + FOOTER + f"`{report['digest']}`\n")
+        previous = report["digest"]
+
+
+def test_a_chain_rewritten_without_the_key_is_refused(pair: Migration, tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    _write(out, 2)
+    assert _check(out)[0] == 0
+    _rehash_without_the_key(out)
+    code, output = _check(out)
+    assert code == 1, output
+    assert "audit-0001.json: content does not match its keyed digest" in output
+    assert "audit-0002.json: content does not match its keyed digest" in output
+
+
+def test_a_deleted_newest_report_is_named_by_both_anchors(pair: Migration, tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    _write(out, 3)
+    assert _check(out)[0] == 0
+    newest = {p: p.read_bytes() for p in (out / "audit-0003.json", out / "audit-0003.md")}
+    digest = _load(out / "audit-0003.json")["digest"]
+    for path in newest:
+        path.unlink()
+    code, output = _check(out)
+    assert code == 1, output
+    deleted = (
+        f"anchors report #3 ({digest}), newer than the directory's newest (#2): it was deleted"
+    )
+    assert "the target (postgresql://" in output
+    assert output.count(deleted) == 2, output  # the target's and the Dagster instance's
+    # the next report would take the deleted one's number: refused, nothing written
+    code, output = run_cli(["report", "--out", str(out)])
+    assert code == 1, output
+    assert "the target already anchors report #3 of this chain" in output
+    assert not (out / "audit-0003.json").exists()
+    for path, content in newest.items():
+        path.write_bytes(content)
+    assert _check(out)[0] == 0
+
+
+def test_check_says_which_anchors_it_checked_and_fails_when_one_disagrees(
+    pair: Migration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "audit"
+    _write(out, 2)
+    newest = _load(out / "audit-0002.json")
+    assert oct(out.stat().st_mode & 0o777) == "0o700"
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o600"}
+    instance = dg.DagsterInstance.from_config(str(pair.dagster_home))
+    event = instance.get_latest_materialization_event(dg.AssetKey("migration_audit_report"))
+    assert event is not None
+    assert event.asset_materialization is not None
+    meta = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+    assert (meta["chain"], meta["sequence"], meta["digest"]) == (
+        newest["chain"],
+        2,
+        newest["digest"],
+    )
+    assert meta["target_anchor"] == "recorded"
+    code, output = _check(out)
+    assert code == 0, output
+    assert "anchor checked: the target (" in output
+    assert "anchor checked: the Dagster instance (" in output
+    assert "newest anchored report #2" in output
+    assert "intact" in output
+
+    # the anchors outlive the load's own records, which go once empty
+    with connect(pair.target_url, setting="SUPABASE_DB_URL") as conn:
+        drop_if_empty(conn)
+    # one anchor disagreeing fails the check, naming it
+    with psycopg.connect(pair.target_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE migration_assets_audit.report_anchors SET digest = 'forged' "
+            "WHERE chain = %s AND sequence = 2",
+            [newest["chain"]],
+        )
+    code, output = _check(out)
+    assert code == 1, output
+    assert "anchors report #2 with digest forged" in output
+    assert output.count("TAMPERED") == 1, output  # the Dagster instance still agrees
+    with psycopg.connect(pair.target_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE migration_assets_audit.report_anchors SET digest = %s "
+            "WHERE chain = %s AND sequence = 2",
+            [newest["digest"], newest["chain"]],
+        )
+
+    # an anchor out of reach is not checked: exit 2 and how to check anyway
+    monkeypatch.delenv("SUPABASE_DB_URL")
+    code, output = _check(out)
+    assert code == 2, output
+    assert "anchor NOT checked: the target" in output
+    assert "--skip-anchor target" in output
+    code, output = _check(out, "--skip-anchor", "target")
+    assert code == 0, output
+    assert "skipped (--skip-anchor)" in output
+    assert "anchors checked: dagster" in output
+
+    # the key: never a new one, and another one fails every report
+    monkeypatch.setenv("MIGRATION_KEY_SECRET", "another-secret-of-enough-length")
+    code, output = _check(out, "--skip-anchor", "target")
+    assert code == 1, output
+    assert output.count("does not match its keyed digest") == 2, output
+    monkeypatch.delenv("MIGRATION_KEY_SECRET")
+    monkeypatch.delenv("DAGSTER_HOME")
+    code, output = _check(out, "--skip-anchor", "target", "--skip-anchor", "dagster")
+    assert code == 2, output
+    assert "MIGRATION_KEY_SECRET" in output
+
+
+def test_a_report_written_while_the_target_is_out_of_reach_is_not_anchored_there(
+    pair: Migration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report is evidence of whatever went wrong, so it is written; its metadata and
+    `report --check` say the target never anchored it."""
+    out = tmp_path / "audit"
+    _write(out)
+    closed = (
+        f"postgresql://postgres:unused@127.0.0.1:{free_port()}/gone"
+        f"?sslmode=verify-full&sslrootcert={pair.ca_file}"
+    )
+    monkeypatch.setenv("SUPABASE_DB_URL", closed)
+    code, output = run_cli(["report", "--out", str(out)])
+    assert "report #2 written" in output, output
+    assert "on the target: not recorded: " in output
+    monkeypatch.setenv("SUPABASE_DB_URL", pair.target_url)
+    code, output = _check(out)
+    assert code == 1, output
+    assert "report #2 is newer than anything the target (" in output
+    assert output.count("TAMPERED") == 1, output  # the Dagster instance anchored it
