@@ -1,4 +1,4 @@
-"""The audit report chain as an auditor checks it: keyed, and anchored outside its directory.
+"""The audit report as an auditor checks it: numbers to recompute, a keyed and anchored chain.
 
 One migrated pair serves the whole module (a migration is the slow part); each test writes
 its reports into a directory of its own, so every chain here is separate.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from migration_assets.db.session import connect
+from migration_assets.db.schema import _tool
+from migration_assets.db.session import SESSION_PINS, connect
 from migration_assets.db.state import drop_if_empty
 from migration_assets.devstack.cluster import free_port
 from migration_assets.devstack.stack import DevStack
@@ -110,6 +113,67 @@ def test_report_chain_detects_tampering(pair: Migration, tmp_path: Path) -> None
     assert run_cli(["report", "--check", str(out)])[0] == 0
     (out / "audit-0001.json").unlink()
     assert run_cli(["report", "--check", str(out)])[0] == 1
+
+
+def _psql(url: str, script: str, scratch: Path, ca_file: Path) -> tuple[int, str]:
+    """The script run as the Markdown says: psql alone, its output `rows|checksum`."""
+    path = scratch / "table.sql"
+    path.write_text(script)
+    psql = _tool("psql", None, at_least=15)
+    proc = subprocess.run(
+        [psql, url, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "PGSSLROOTCERT": str(ca_file)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows, checksum = proc.stdout.strip().split("|")
+    return int(rows), checksum
+
+
+def _assert_recomputed(pair: Migration, report: dict[str, Any], scratch: Path) -> None:
+    urls = {"source": pair.source_url, "target": pair.target_url}
+    for table in report["tables"]:
+        numbers = table["numbers"]
+        assert numbers is not None, table["table"]
+        for side, url in urls.items():
+            got = _psql(url, table["recompute"][side], scratch, pair.ca_file)
+            want = (int(numbers[side]["rows"]), str(numbers[side]["checksum"]))
+            assert got == want, f"{table['table']} on the {side}: {got} != {want}"
+
+
+def test_every_number_of_the_report_is_recomputed_by_its_sql_with_psql_alone(
+    pair: Migration, tmp_path: Path
+) -> None:
+    """Each table's SQL, run with psql on each server, gives exactly the report's numbers:
+    after `migrate` (the slices' sums) and after `verify` (the whole-table checks')."""
+    after_migrate = _load(pair.dagster_home / "audit" / "audit-0001.json")
+    assert {t["numbers"]["from"] for t in after_migrate["tables"]} == {
+        "the sum of its slices, each verified when it was copied"
+    }
+    _assert_recomputed(pair, after_migrate, tmp_path)
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+    out = tmp_path / "numbers"
+    _write(out)
+    report = _load(out / "audit-0001.json")
+    for table in report["tables"]:
+        checks = {c["name"]: c["metadata"] for c in table["checks"]}
+        numbers = table["numbers"]
+        assert numbers["from"].startswith("check table_checksum at ")
+        assert numbers["target"]["checksum"] == checks["table_checksum"]["target_checksum"]
+        assert numbers["source"]["rows"] == checks["table_row_count"]["source_rows"]
+        for name in SESSION_PINS:  # the session pins first, as every session of ours
+            assert f"\nSET {name} TO " in table["recompute"]["target"]
+    assert {t["numbers"]["row_hash"] for t in report["tables"]} == {"native"}
+    _assert_recomputed(pair, report, tmp_path)
+    markdown = (out / "audit-0001.md").read_text()
+    assert 'psql "$SOURCE_DATABASE_URL" -X -q -A -t -v ON_ERROR_STOP=1 -f' in markdown
+    assert 'psql "$SUPABASE_DB_URL" -X -q -A -t -v ON_ERROR_STOP=1 -f' in markdown
+    for table in report["tables"]:
+        assert f"```sql\n{table['recompute']['source']}\n```" in markdown
 
 
 def _rehash_without_the_key(directory: Path) -> None:

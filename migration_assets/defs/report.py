@@ -11,23 +11,19 @@ import hashlib
 import os
 import platform
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext, DagsterInstance
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecord,
-    AssetCheckExecutionRecordStatus,
-)
 
 from migration_assets import __version__
 from migration_assets.db.keyhash import load_secret
 from migration_assets.defs.anchors import RECORDED, anchored_in, write_anchored
 from migration_assets.defs.checks import check_names
+from migration_assets.defs.evidence import check_entry, table_entry, verdicts, when
 from migration_assets.defs.failures import as_failure
-from migration_assets.defs.history import latest_materializations, plain
+from migration_assets.defs.history import plain
 from migration_assets.defs.keys import (
     CUTOVER_KEY,
     DATA_API_LOCKED_DOWN,
@@ -46,7 +42,7 @@ from migration_assets.defs.keys import (
     TLS_IN_USE,
 )
 from migration_assets.defs.resources import TargetDatabase
-from migration_assets.plan import MigrationPlan, TablePlan
+from migration_assets.plan import MigrationPlan
 from migration_assets.report import prepare_report, render_markdown, report_key
 from migration_assets.settings import SettingsError, load_settings
 
@@ -63,95 +59,6 @@ GLOBAL_CHECKS = [
 
 class ReportConfig(dg.Config):
     out_dir: str = ""  # default: $DAGSTER_HOME/audit
-
-
-def _when(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
-Verdicts = Mapping[dg.AssetCheckKey, AssetCheckExecutionRecord]
-VERDICTS_PER_QUERY = 500
-
-
-def _verdicts(instance: DagsterInstance, keys: list[dg.AssetCheckKey]) -> Verdicts:
-    """Every check's latest execution, a few queries for all (one a check grew with tables)."""
-    found: dict[dg.AssetCheckKey, AssetCheckExecutionRecord] = {}
-    for i in range(0, len(keys), VERDICTS_PER_QUERY):
-        chunk = keys[i : i + VERDICTS_PER_QUERY]
-        found.update(instance.event_log_storage.get_latest_asset_check_execution_by_key(chunk))
-    return found
-
-
-def _check(
-    verdicts: Verdicts, key: dg.AssetKey, name: str, *, changed: int | None = None
-) -> dict[str, Any]:
-    """A check's last verdict. `changed`: the storage id of the asset's newest
-    materialization, for a check that judges the whole asset: a verdict on older data (or
-    none at all) is stale, whichever way the asset changed since."""
-    record = verdicts.get(dg.AssetCheckKey(key, name))
-    entry: dict[str, Any] = {"asset": key.to_user_string(), "name": name, "passed": None}
-    if record is None or record.event is None or record.event.dagster_event is None:
-        if changed is not None:
-            entry.update(stale=True)
-        return entry
-    evaluation = record.event.dagster_event.event_specific_data
-    if record.status == AssetCheckExecutionRecordStatus.PLANNED or _older(evaluation, changed):
-        # Planned in a later run that did not evaluate it (a UI backfill's partition runs
-        # plan the whole-table checks and leave them), or judged data since replaced.
-        entry.update(stale=True, run_id=record.run_id)
-        return entry
-    entry.update(
-        passed=bool(getattr(evaluation, "passed", False)),
-        severity=str(getattr(getattr(evaluation, "severity", None), "value", "ERROR")),
-        at=_when(record.event.timestamp),
-        run_id=record.run_id,
-        metadata={k: plain(v) for k, v in getattr(evaluation, "metadata", {}).items()},
-    )
-    return entry
-
-
-def _older(evaluation: Any, changed: int | None) -> bool:
-    """Was this verdict given on a materialization older than the newest one?"""
-    if changed is None:
-        return False
-    target = getattr(evaluation, "target_materialization_data", None)
-    return target is None or target.storage_id < changed
-
-
-def _table_entry(
-    instance: DagsterInstance, verdicts: Verdicts, table: TablePlan, plan: MigrationPlan
-) -> dict[str, Any]:
-    latest = latest_materializations(instance, table)
-    slices = []
-    for pk in table.partition_keys:
-        record = latest.get(pk)
-        mat = record.asset_materialization if record is not None else None
-        meta = {k: plain(v) for k, v in mat.metadata.items()} if mat is not None else {}
-        slices.append(
-            {
-                "partition": pk,
-                "verified": mat is not None,  # the key names the slice's fingerprint
-                "rows": meta.get("target_rows"),
-                "source_checksum": meta.get("source_checksum"),
-                "target_checksum": meta.get("target_checksum"),
-                "row_hash": meta.get("row_hash"),
-                "at": _when(record.timestamp) if record is not None else None,
-                "run_id": record.run_id if record is not None else None,
-            }
-        )
-    key = dg.AssetKey(table.asset_path)
-    changed = max((r.storage_id for r in latest.values()), default=None)
-    verified = [s for s in slices if s["verified"]]
-    return {
-        "table": table.qualified,
-        "asset": key.to_user_string(),
-        "partitions": {"total": len(slices), "verified": len(verified)},
-        "rows_verified": sum(int(s["rows"] or 0) for s in verified),
-        "slices": slices,
-        "checks": [_check(verdicts, key, n, changed=changed) for n in check_names(table, plan)],
-    }
 
 
 def unverified(report: dict[str, Any], *, ignore: frozenset[str] = frozenset()) -> list[str]:
@@ -207,7 +114,7 @@ def _cutover(instance: DagsterInstance) -> dict[str, Any] | None:
     if event is None or event.asset_materialization is None:
         return None
     meta = event.asset_materialization.metadata
-    return {"at": _when(event.timestamp), "run_id": event.run_id} | {
+    return {"at": when(event.timestamp), "run_id": event.run_id} | {
         k: plain(v) for k, v in meta.items()
     }
 
@@ -226,7 +133,7 @@ def collect_report(
     schema_meta = _latest_metadata(instance, SCHEMA_KEY)
     sequences_event = instance.get_latest_materialization_event(SEQUENCES_KEY)
     sequences_meta = _latest_metadata(instance, SEQUENCES_KEY)
-    verdicts = _verdicts(
+    found = verdicts(
         instance,
         [dg.AssetCheckKey(key, name) for key, name in GLOBAL_CHECKS]
         + [
@@ -235,8 +142,8 @@ def collect_report(
             for name in check_names(t, plan)
         ],
     )
-    tables = [_table_entry(instance, verdicts, t, plan) for t in plan.tables]
-    global_checks = [_check(verdicts, key, name) for key, name in GLOBAL_CHECKS]
+    tables = [table_entry(instance, found, t, plan) for t in plan.tables]
+    global_checks = [check_entry(found, key, name) for key, name in GLOBAL_CHECKS]
     tls = next(c for c in global_checks if c["name"] == TLS_IN_USE)
     tls_meta = tls.get("metadata", {})
     problems = _problems(tables, global_checks)
@@ -278,7 +185,7 @@ def collect_report(
         },
         "statistics": {
             "tables_analyzed": sequences_meta.get("tables_analyzed"),
-            "at": _when(sequences_event.timestamp) if sequences_event is not None else None,
+            "at": when(sequences_event.timestamp) if sequences_event is not None else None,
             "run_id": sequences_event.run_id if sequences_event is not None else None,
         },
         "tables": tables,
@@ -312,8 +219,9 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         description=(
             "The audit report: every table's and partition's last verified counts and "
             "checksums, every check with its run id and time, Alembic revisions, TLS evidence, "
-            "who ran it, masked configuration; JSON + Markdown, chained by keyed digests, each "
-            "anchored on the target and in this asset's metadata (chain, sequence, digest)."
+            "who ran it, masked configuration, the SQL that recomputes every number; JSON + "
+            "Markdown, chained by keyed digests, each anchored on the target and in this "
+            "asset's metadata (chain, sequence, digest)."
         ),
         check_specs=[
             dg.AssetCheckSpec(

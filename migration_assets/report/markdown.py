@@ -75,6 +75,47 @@ def render_markdown(report: dict[str, Any]) -> str:
     if cutover:
         lines += ["", f"## Cutover: {cutover.get('state')}", ""]
         lines += [f"- {k}: {v}" for k, v in cutover.items() if k != "state"]
+    lines += _recompute(report["tables"])
     lines += ["", "## Configuration (secrets masked)", ""]
     lines += [f"- {k}: {v or '(unset)'}" for k, v in sorted(report["configuration"].items())]
     return "\n".join(lines)
+
+
+RECOMPUTE_INTRO = [
+    "## Recomputing every number yourself",
+    "",
+    "Each table's row count and checksum come from the read-only SQL below, with built-in",
+    "PostgreSQL functions only (nothing needs installing). Save a block as a file and run it",
+    "with psql on the server it names; it prints `row count|checksum`:",
+    "",
+    '    psql "$SOURCE_DATABASE_URL" -X -q -A -t -v ON_ERROR_STOP=1 -f public.patients.sql',
+    '    PGSSLROOTCERT=prod-ca-2021.crt psql "$SUPABASE_DB_URL" -X -q -A -t '
+    "-v ON_ERROR_STOP=1 -f public.patients.sql",
+]
+
+
+def _recompute(tables: list[dict[str, Any]]) -> list[str]:
+    lines = ["", *RECOMPUTE_INTRO]
+    for table in tables:
+        sql = table.get("recompute") or {}
+        if not sql:
+            continue
+        lines += ["", f"### {table['table']}", "", _numbers(table.get("numbers") or {}), ""]
+        if sql["source"] == sql["target"]:
+            lines += [f"On both servers (`{table['table']}.sql`):", "", "```sql", sql["source"]]
+            lines += ["```"]
+            continue
+        for side in ("source", "target"):
+            lines += [f"On the {side} (`{table['table']}.{side}.sql`):", "", "```sql"]
+            lines += [sql[side], "```", ""]
+    return lines
+
+
+def _numbers(numbers: dict[str, Any]) -> str:
+    if not numbers:
+        return "Not yet verified: no numbers to compare with."
+    sides = "; ".join(
+        f"{side}: {numbers[side]['rows']:,} rows, checksum {numbers[side]['checksum']}"
+        for side in ("source", "target")
+    )
+    return f"{sides} (row hash {numbers['row_hash']}, from {numbers['from']})"
