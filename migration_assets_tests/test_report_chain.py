@@ -1,4 +1,5 @@
-"""The audit report as an auditor checks it: numbers to recompute, a keyed and anchored chain.
+"""The audit report as an auditor meets it: a first page, numbers to recompute, a keyed and
+anchored chain.
 
 One migrated pair serves the whole module (a migration is the slow part); each test writes
 its reports into a directory of its own, so every chain here is separate.
@@ -73,6 +74,50 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _check(directory: Path, *extra: str) -> tuple[int, str]:
     return run_cli(["report", "--check", str(directory), *extra])
+
+
+def test_the_report_after_migrate_reads_as_a_first_page_with_its_problems_grouped(
+    pair: Migration,
+) -> None:
+    """Right after `migrate` every whole-table check waits for `verify`: one group with the
+    command that clears it, not one line per check; the JSON keeps every line."""
+    audit = pair.dagster_home / "audit"
+    report = _load(audit / "audit-0001.json")
+    markdown = (audit / "audit-0001.md").read_text()
+    first_page = markdown.split("\n# Details\n", 1)[0]
+    assert first_page != markdown, "the details follow a first page"
+    problems = report["verdict"]["problems"]
+    tables = report["tables"]
+    assert problems
+    assert all(p.endswith("not run since its asset last changed") for p in problems)
+    group = f"{len(problems)} checks not run since their asset last changed ({len(tables)} tables)"
+    assert f"INCOMPLETE: {group}\n" in first_page
+    fix = f"run `migration-assets verify`, then `migration-assets report --out {audit}`"
+    assert f"- **{group}**: {fix}" in first_page
+    assert markdown.count("not run since") == 2, "each stale check listed one by one"
+    by = report["generated_by"]
+    rows = sum(t["rows_verified"] for t in tables)
+    assert f"| By | {by['os_user']}@{by['host']}, migration_assets " in first_page
+    assert f"| When | {report['generated_at']} |" in first_page
+    assert f"| Scope | {len(tables)} tables; {rows:,} rows in " in first_page
+    assert "- public.alembic_version: owned by the schema step" in first_page
+    config = report["configuration"]
+    assert "***" in config["SUPABASE_DB_URL"]
+    assert f"| Source | {config['SOURCE_DATABASE_URL']} |" in first_page
+    assert f"| Target | {config['SUPABASE_DB_URL']} |" in first_page
+    tls = next(c for c in report["global_checks"] if c["name"] == "tls_in_use")["metadata"]
+    assert f"| TLS to the target | {tls['protocol']} {tls['cipher']} |" in first_page
+    assert tls["protocol"].startswith("TLSv1.")
+    source_tls = (
+        f"{tls['source_protocol']} {tls.get('source_cipher', '')}".strip()
+        if tls.get("source_protocol") not in (None, "none")
+        else ("not encrypted" if tls.get("source_protocol") == "none" else "not recorded")
+    )
+    assert f"| TLS to the source | {source_tls} |" in first_page
+    chain = f"| Chain | report #1 of chain {report['chain']}; previous digest none (first report)"
+    assert chain in first_page
+    assert "anchored: the target (" in first_page
+    assert "the Dagster instance (metadata of the asset migration_audit_report)" in first_page
 
 
 def test_report_chain_detects_tampering(pair: Migration, tmp_path: Path) -> None:

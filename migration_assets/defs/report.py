@@ -23,6 +23,7 @@ from migration_assets.defs.anchors import RECORDED, anchored_in, write_anchored
 from migration_assets.defs.checks import check_names
 from migration_assets.defs.evidence import check_entry, table_entry, verdicts, when
 from migration_assets.defs.failures import as_failure
+from migration_assets.defs.findings import findings, problems, unverified
 from migration_assets.defs.history import plain
 from migration_assets.defs.keys import (
     CUTOVER_KEY,
@@ -46,6 +47,8 @@ from migration_assets.plan import MigrationPlan
 from migration_assets.report import prepare_report, render_markdown, report_key
 from migration_assets.settings import SettingsError, load_settings
 
+__all__ = ["collect_report", "report_dir", "unverified"]
+
 GLOBAL_CHECKS = [
     (SCHEMA_KEY, SCHEMA_MATCHES_SOURCE),
     (SCHEMA_KEY, PLAN_MATCHES_SOURCE),
@@ -59,46 +62,6 @@ GLOBAL_CHECKS = [
 
 class ReportConfig(dg.Config):
     out_dir: str = ""  # default: $DAGSTER_HOME/audit
-
-
-def unverified(report: dict[str, Any], *, ignore: frozenset[str] = frozenset()) -> list[str]:
-    """The report's problems, leaving out the checks named in `ignore` (the cutover re-runs
-    the whole-table comparisons after the freeze, which a live application fails before)."""
-    return _problems(report["tables"], report["global_checks"], ignore)
-
-
-def _problems(
-    tables: list[dict[str, Any]],
-    global_checks: list[dict[str, Any]],
-    ignore: frozenset[str] = frozenset(),
-) -> list[str]:
-    problems = []
-    for table in tables:
-        parts = table["partitions"]
-        if parts["verified"] < parts["total"]:
-            problems.append(
-                f"{table['table']}: {parts['total'] - parts['verified']} of "
-                f"{parts['total']} partitions not verified"
-            )
-        for check in table["checks"]:
-            if check["passed"] is not True and check["name"] not in ignore:
-                problems.append(f"{table['table']}: check {check['name']} {_state(check)}")
-    for check in global_checks:
-        if check["passed"] is not True and check.get("severity", "ERROR") == "ERROR":
-            problems.append(f"{check['asset']}: check {check['name']} {_state(check)}")
-    return problems
-
-
-def _state(check: dict[str, Any]) -> str:
-    """'never ran', or 'failed' with what the check itself said (the CLI shows the same)."""
-    if check["passed"] is None:
-        return "not run since its asset last changed" if check.get("stale") else "never ran"
-    metadata = check.get("metadata", {})
-    said = next((str(metadata[k]) for k in _WHY if metadata.get(k) not in (None, "", "none")), "")
-    return f"failed: {said}" if said else "failed"
-
-
-_WHY = ("details", "orphans", "behind", "error", "fix")
 
 
 def _configuration() -> dict[str, str]:
@@ -127,9 +90,10 @@ def _latest_metadata(instance: DagsterInstance, key: dg.AssetKey) -> dict[str, A
 
 
 def collect_report(
-    instance: DagsterInstance, plan: MigrationPlan, plan_path: Path
+    instance: DagsterInstance, plan: MigrationPlan, plan_path: Path, out_dir: Path | None = None
 ) -> dict[str, Any]:
-    """Everything the auditor needs, from the instance; nothing from the patient rows."""
+    """Everything the auditor needs, from the instance; nothing from the patient rows.
+    `out_dir`: where the report goes, for the commands that clear its problems."""
     schema_meta = _latest_metadata(instance, SCHEMA_KEY)
     sequences_event = instance.get_latest_materialization_event(SEQUENCES_KEY)
     sequences_meta = _latest_metadata(instance, SEQUENCES_KEY)
@@ -144,9 +108,8 @@ def collect_report(
     )
     tables = [table_entry(instance, found, t, plan) for t in plan.tables]
     global_checks = [check_entry(found, key, name) for key, name in GLOBAL_CHECKS]
-    tls = next(c for c in global_checks if c["name"] == TLS_IN_USE)
-    tls_meta = tls.get("metadata", {})
-    problems = _problems(tables, global_checks)
+    unsettled = problems(tables, global_checks)
+    again = f"migration-assets report --out {out_dir if out_dir is not None else 'DIR'}"
     return {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "generated_by": {
@@ -170,19 +133,7 @@ def collect_report(
             "target": schema_meta.get("target_revision", "unknown"),
             "schema_step": schema_meta.get("how", "never ran"),
         },
-        "tls": {
-            "passed": tls["passed"],
-            "protocol": tls_meta.get("protocol"),
-            "cipher": tls_meta.get("cipher"),
-            "bits": tls_meta.get("bits"),
-            "at": tls.get("at"),
-            "run_id": tls.get("run_id"),
-            "summary": (
-                f"{tls_meta.get('protocol')} {tls_meta.get('cipher')}"
-                if tls["passed"]
-                else "not verified"
-            ),
-        },
+        "tls": _tls(next(c for c in global_checks if c["name"] == TLS_IN_USE)),
         "statistics": {
             "tables_analyzed": sequences_meta.get("tables_analyzed"),
             "at": when(sequences_event.timestamp) if sequences_event is not None else None,
@@ -191,7 +142,28 @@ def collect_report(
         "tables": tables,
         "global_checks": global_checks,
         "cutover": _cutover(instance),
-        "verdict": {"complete": not problems, "problems": problems},
+        "verdict": {"complete": not unsettled, "problems": [p.text for p in unsettled]},
+        "findings": findings(unsettled, again),
+    }
+
+
+def _tls(check: dict[str, Any]) -> dict[str, Any]:
+    """The target's TLS as `tls_in_use` recorded it, and the source's where it records that
+    too (`source_protocol`, `source_cipher`); absent keys stay None: "not recorded"."""
+    meta = check.get("metadata", {})
+    return {
+        "passed": check["passed"],
+        "protocol": meta.get("protocol"),
+        "cipher": meta.get("cipher"),
+        "bits": meta.get("bits"),
+        "at": check.get("at"),
+        "run_id": check.get("run_id"),
+        "summary": (
+            f"{meta.get('protocol')} {meta.get('cipher')}"
+            if check["passed"]
+            else ("not encrypted" if meta.get("ssl") is False else "not verified")
+        ),
+        "source": {"protocol": meta.get("source_protocol"), "cipher": meta.get("source_cipher")},
     }
 
 
@@ -235,17 +207,18 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         context: AssetExecutionContext, config: ReportConfig, target: TargetDatabase
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
         plan_path = Path(os.environ.get("MIGRATION_PLAN", "plan.json"))
-        report = collect_report(context.instance, plan, plan_path)
+        directory = report_dir(config.out_dir)
+        report = collect_report(context.instance, plan, plan_path, directory)
         report["anchors"] = anchored_in()
         with as_failure("audit report"):
-            prepared = prepare_report(report, report_dir(config.out_dir), report_key(load_secret()))
+            prepared = prepare_report(report, directory, report_key(load_secret()))
             json_path, md_path, anchor = write_anchored(prepared, target)
         if anchor != RECORDED:
             context.log.warning(f"report #{prepared.sequence}: target anchor {anchor}")
         saved = prepared.report
         return dg.MaterializeResult(
             metadata={
-                "report": dg.MetadataValue.md(render_markdown(saved)),
+                "report": dg.MetadataValue.md(render_markdown(saved, details=False)),
                 "json": str(json_path),
                 "markdown": str(md_path),
                 "chain": saved["chain"],

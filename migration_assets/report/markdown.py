@@ -1,10 +1,17 @@
-"""The report as people read it: Markdown rendered from the JSON record."""
+"""The report as a compliance officer reads it: one first page, then the details.
+
+The first page answers what an auditor asks first: is it complete (and if not, why, in one
+line), what was moved and what was not, when, by whom, between which servers, over what
+encryption, and where this report sits in its chain. Repeated problems are grouped, each
+group with the one command that clears it; every single problem stays in the JSON.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 FOOTER = "\n\n---\ndigest "
+NOT_RECORDED = "not recorded"
 
 
 def _mark(passed: bool | None, severity: str = "ERROR") -> str:
@@ -20,31 +27,106 @@ def _statistics(stats: dict[str, Any]) -> str:
     return f"ANALYZE of {stats['tables_analyzed']} table(s) after the load, at {stats['at']}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def verdict_line(report: dict[str, Any]) -> str:
+    """COMPLETE or INCOMPLETE, and why, in one line."""
+    findings = report.get("findings") or []
+    if report["verdict"]["complete"]:
+        return "COMPLETE: every partition and every check verified"
+    why = "; ".join(f["summary"] for f in findings) or "; ".join(report["verdict"]["problems"])
+    return f"INCOMPLETE: {why}"
+
+
+def render_markdown(report: dict[str, Any], *, details: bool = True) -> str:
+    """The whole report, or its first page only (`details=False`: for the UI's metadata)."""
+    lines = _first_page(report)
+    if details:
+        lines += ["", "---", "", "# Details", "", *_details(report)]
+    return "\n".join(lines)
+
+
+def _first_page(report: dict[str, Any]) -> list[str]:
     verdict = report["verdict"]
     lines = [
-        "# Migration audit report",
-        "",
-        f"- generated: {report['generated_at']} by {report['generated_by']['os_user']}@"
-        f"{report['generated_by']['host']} with migration_assets "
-        f"{report['generated_by']['version']} (dagster {report['generated_by']['dagster']})",
-        f"- report #{report['sequence']} of chain {report['chain']}, previous digest: "
-        f"{report['previous_digest'] or 'none'}; anchored: "
-        + ("; ".join(report.get("anchors") or []) or "none"),
-        f"- plan: {report['plan']['path']} (sha256 {report['plan']['sha256'][:16]}…), "
-        f"{report['plan']['tables']} tables, {report['plan']['partitions']} partitions",
-        f"- alembic revision: source {report['alembic']['source']}, "
-        f"target {report['alembic']['target']}",
-        f"- TLS to the target: {report['tls']['summary']}",
-        f"- planner statistics: {_statistics(report.get('statistics') or {})}",
+        f"# Migration audit report #{report['sequence']}",
         "",
         f"## Verdict: {'COMPLETE' if verdict['complete'] else 'INCOMPLETE'}",
         "",
+        verdict_line(report),
+        "",
+        "| | |",
+        "|---|---|",
     ]
-    lines += ["- " + p.replace("\n", "\n  ") for p in verdict["problems"]] or [
-        "- every table and check verified"
+    lines += [f"| {name} | {value} |" for name, value in _facts(report)]
+    not_copied = report["plan"].get("not_copied") or {}
+    if not_copied:
+        lines += ["", "### Not copied (the plan says why)", ""]
+        lines += [f"- {name}: {why}" for name, why in not_copied.items()]
+    findings = report.get("findings") or []
+    if findings:
+        lines += ["", "### What to do", ""]
+        for finding in findings:
+            lines += _finding(finding)
+    return lines
+
+
+def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
+    tables, plan, by = report["tables"], report["plan"], report["generated_by"]
+    config = report.get("configuration") or {}
+    verified = sum(t["partitions"]["verified"] for t in tables)
+    rows = sum(int(t["rows_verified"]) for t in tables)
+    not_copied = len(plan.get("not_copied") or {})
+    return [
+        (
+            "Scope",
+            f"{len(tables)} tables; {rows:,} rows in {verified} of {plan['partitions']} "
+            f"partitions verified; {not_copied or 'nothing'} not copied"
+            + (" (listed below)" if not_copied else ""),
+        ),
+        ("Plan", f"{plan['path']} (sha256 {plan['sha256'][:16]}…, written {plan['created_at']})"),
+        ("When", report["generated_at"]),
+        (
+            "By",
+            f"{by['os_user']}@{by['host']}, migration_assets {by['version']} "
+            f"(dagster {by['dagster']})",
+        ),
+        ("Source", config.get("SOURCE_DATABASE_URL") or "(unset)"),
+        ("Target", config.get("SUPABASE_DB_URL") or "(unset)"),
+        ("TLS to the source", _tls(report["tls"].get("source"))),
+        ("TLS to the target", report["tls"]["summary"]),
+        ("Chain", _chain(report)),
     ]
-    lines += [
+
+
+def _tls(side: dict[str, Any] | None) -> str:
+    if not side or not side.get("protocol"):
+        return NOT_RECORDED
+    if side["protocol"] == "none":
+        return "not encrypted"
+    return f"{side['protocol']} {side.get('cipher') or ''}".strip()
+
+
+def _chain(report: dict[str, Any]) -> str:
+    anchors = "; ".join(report.get("anchors") or []) or "none"
+    return (
+        f"report #{report['sequence']} of chain {report['chain']}; previous digest "
+        f"{report['previous_digest'] or 'none (first report)'}; anchored: {anchors}"
+    )
+
+
+def _finding(finding: dict[str, Any]) -> list[str]:
+    lines = [f"- **{finding['summary']}**: {finding['fix']}"]
+    tables = finding.get("tables") or []
+    if tables and not finding.get("details"):
+        lines.append(f"  - {', '.join(tables)}")
+    lines += [f"  - {d}".replace("\n", "\n    ") for d in finding.get("details") or []]
+    return lines
+
+
+def _details(report: dict[str, Any]) -> list[str]:
+    lines = [
+        f"- alembic revision: source {report['alembic']['source']}, "
+        f"target {report['alembic']['target']}",
+        f"- planner statistics: {_statistics(report.get('statistics') or {})}",
         "",
         "## Tables",
         "",
@@ -60,10 +142,6 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {table['table']} | {parts['verified']}/{parts['total']} | "
             f"{table['rows_verified']:,} | {checks or 'none run'} |"
         )
-    not_copied = report["plan"].get("not_copied") or {}
-    if not_copied:
-        lines += ["", "## Not copied (the plan says why)", ""]
-        lines += [f"- {name}: {why}" for name, why in not_copied.items()]
     lines += ["", "## Global checks", ""]
     for check in report["global_checks"]:
         lines.append(
@@ -78,7 +156,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _recompute(report["tables"])
     lines += ["", "## Configuration (secrets masked)", ""]
     lines += [f"- {k}: {v or '(unset)'}" for k, v in sorted(report["configuration"].items())]
-    return "\n".join(lines)
+    return lines
 
 
 RECOMPUTE_INTRO = [
