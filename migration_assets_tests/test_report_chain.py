@@ -24,6 +24,7 @@ from migration_assets.db.session import SESSION_PINS, connect
 from migration_assets.db.state import drop_if_empty
 from migration_assets.devstack.cluster import free_port
 from migration_assets.devstack.stack import DevStack
+from migration_assets.report import check_chain, compare_anchor, prepare_report, report_key
 from migration_assets.settings import SETTING_NAMES
 from migration_assets_tests.conftest import Databases, Migration, _through_pooler, unique
 from migration_assets_tests.helpers import plan_and_migrate, run_cli
@@ -366,3 +367,47 @@ def test_a_report_written_while_the_target_is_out_of_reach_is_not_anchored_there
     assert code == 1, output
     assert "report #2 is newer than anything the target (" in output
     assert output.count("TAMPERED") == 1, output  # the Dagster instance anchored it
+
+
+def test_a_forged_or_foreign_report_is_named_never_a_crash(tmp_path: Path) -> None:
+    """Whatever sits in the directory (a digest in any alphabet, an older format without a
+    chain id, JSON that is no report) is a named problem, not a traceback."""
+    key = report_key(b"a secret of sixteen or more characters")
+    prepared = prepare_report(_minimal_report(), tmp_path, key)
+    prepared.write()
+    assert check_chain(tmp_path, key).problems == []
+    path = tmp_path / "audit-0001.json"
+    forged = _load(path) | {"digest": "hmac-sha256:ünïcödé"}
+    path.write_text(json.dumps(forged))
+    found = check_chain(tmp_path, key)
+    assert found.problems == [
+        "audit-0001.json: content does not match its keyed digest "
+        "(altered, re-hashed without the key, or written under another "
+        "secret)"
+    ]
+    assert compare_anchor(found, "the target", [(1, "hmac-sha256:ßtill-forged")]) == [
+        "the target anchors report #1 with digest hmac-sha256:ßtill-forged, the directory's "
+        "has hmac-sha256:ünïcödé: it was replaced"
+    ]
+    older = {k: v for k, v in forged.items() if k != "chain"} | {"format": 1}
+    path.write_text(json.dumps(older))
+    found = check_chain(tmp_path, key)
+    assert found.chain is None
+    assert found.problems[0].startswith("audit-0001.json: report format 1, not 2")
+    path.write_text("[]")
+    assert check_chain(tmp_path, key).problems == ["audit-0001.json: not a report"]
+
+
+def _minimal_report() -> dict[str, Any]:
+    """The fields the Markdown reads, nothing else: a report of an empty plan."""
+    return {
+        "generated_at": "2024-01-01T00:00:00+00:00",
+        "generated_by": {"os_user": "u", "host": "h", "version": "0", "dagster": "0"},
+        "configuration": {},
+        "plan": {"path": "plan.json", "sha256": "0" * 64, "created_at": "-", "partitions": 0},
+        "alembic": {"source": "-", "target": "-"},
+        "tls": {"summary": "not verified"},
+        "tables": [],
+        "global_checks": [],
+        "verdict": {"complete": True, "problems": []},
+    }

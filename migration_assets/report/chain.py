@@ -145,9 +145,14 @@ def check_chain(directory: Path, key: bytes) -> ChainCheck:
             found.problems.append(f"{path.name}: not valid JSON")
             previous_digest = None
             continue
+        if not isinstance(report, dict):
+            found.problems.append(f"{path.name}: not a report")
+            previous_digest = None
+            continue
         found.problems += _report_problems(path, report, key, previous_digest, number)
         found.digests[number] = str(report.get("digest"))
-        found.chains.add(str(report.get("chain")))
+        if report.get("chain"):
+            found.chains.add(str(report["chain"]))
         previous_digest = report.get("digest")
     if len(found.chains) > 1:
         found.problems.append(f"the reports name {len(found.chains)} chains: they were mixed")
@@ -163,7 +168,7 @@ def _report_problems(
             f"{path.name}: report format {report.get('format')!r}, not {REPORT_FORMAT}: "
             "written by another version, without a keyed digest this version can check"
         )
-    elif not hmac.compare_digest(str(report.get("digest")), digest_of(report, key)):
+    elif not _same(str(report.get("digest")), digest_of(report, key)):
         problems.append(
             f"{path.name}: content does not match its keyed digest (altered, re-hashed "
             "without the key, or written under another secret)"
@@ -197,7 +202,7 @@ def compare_anchor(found: ChainCheck, where: str, anchored: Iterable[tuple[int, 
                 f"{where} anchors report #{sequence} ({digest}), newer than the directory's "
                 f"newest (#{found.newest}): it was deleted"
             )
-        elif held is not None and not hmac.compare_digest(held, digest):
+        elif held is not None and not _same(held, digest):
             problems.append(
                 f"{where} anchors report #{sequence} with digest {digest}, the directory's "
                 f"has {held}: it was replaced"
@@ -210,3 +215,8 @@ def compare_anchor(found: ChainCheck, where: str, anchored: Iterable[tuple[int, 
             "or was added afterwards"
         )
     return problems
+
+
+def _same(a: str, b: str) -> bool:
+    """Digests compared in constant time; as bytes, since a forged one may be any text."""
+    return hmac.compare_digest(a.encode(), b.encode())
