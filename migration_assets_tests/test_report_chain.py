@@ -411,3 +411,21 @@ def _minimal_report() -> dict[str, Any]:
         "global_checks": [],
         "verdict": {"complete": True, "problems": []},
     }
+
+
+def test_the_sql_follows_each_server_s_encoding_and_is_left_out_where_none_works() -> None:
+    """A LATIN1 source hashes the UTF-8 bytes of its text, as the checks do there; a source
+    no row hash works in (preflight refuses it) gets no script, and no report crashes."""
+    from migration_assets.defs.evidence import recompute_scripts
+    from migration_assets.plan import load_plan
+
+    shipped = load_plan(Path(__file__).resolve().parents[1] / "migration_assets/plans/demo.json")
+    table = shipped.tables[0]
+    latin1 = recompute_scripts(
+        table, shipped.model_copy(update={"source_encoding": "LATIN1"}), None
+    )
+    assert "convert_from(convert_to(" in latin1["source"]
+    assert "'LATIN1'" in latin1["source"]
+    assert "convert_to" not in latin1["target"]
+    euc_jp = shipped.model_copy(update={"source_encoding": "EUC_JP"})
+    assert recompute_scripts(table, euc_jp, None) == {}
