@@ -64,7 +64,10 @@ def check_reports(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     checked = ", ".join(v.name for v in views if v.records is not None) or "none"
-    out.print(f"[green]report chain in {args.check} is intact[/] (anchors checked: {checked})")
+    out.print(
+        f"[green]report chain in {args.check} is intact[/] (anchors checked: {checked})",
+        soft_wrap=True,
+    )
     return EXIT_OK
 
 
