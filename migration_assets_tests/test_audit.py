@@ -187,46 +187,6 @@ def test_no_patient_data_or_secret_anywhere_even_after_a_duplicate_key(
             assert needle not in text, f"patient data or a secret leaked into {where}"
 
 
-def test_report_chain_detects_tampering(migration: MigrationFactory, isolated_cwd: Path) -> None:
-    _migrated(migration)
-    assert run_cli(["verify"])[0] == 0
-    out = isolated_cwd / "audit"
-    for _ in range(2):
-        code, output = run_cli(["report", "--out", str(out)])
-        assert code == 0, output
-        assert "COMPLETE" in output
-    first = json.loads((out / "audit-0001.json").read_text())
-    assert first["verdict"]["complete"] is True
-    assert first["tls"]["protocol"].startswith("TLSv1.")
-    assert first["alembic"]["source"] == first["alembic"]["target"] != "unknown"
-    assert all(t["partitions"]["verified"] == t["partitions"]["total"] for t in first["tables"])
-    assert "***" in first["configuration"]["SUPABASE_DB_URL"]
-    assert first["generated_by"]["os_user"]
-    # what the plan leaves out is in the record, with its reason
-    assert first["plan"]["not_copied"]["public.alembic_version"] == "owned by the schema step"
-    assert (
-        "- public.alembic_version: owned by the schema step" in (out / "audit-0001.md").read_text()
-    )
-    assert run_cli(["report", "--check", str(out)])[0] == 0
-    original = (out / "audit-0001.json").read_text()
-    (out / "audit-0001.json").write_text(
-        original.replace('"verified": true', '"verified": false', 1)
-    )
-    code, output = run_cli(["report", "--check", str(out)])
-    assert code == 1
-    assert "audit-0001.json" in output
-    (out / "audit-0001.json").write_text(original)
-    markdown = (out / "audit-0002.md").read_text()
-    (out / "audit-0002.md").write_text(markdown.replace("PASS", "FAIL", 1))
-    code, output = run_cli(["report", "--check", str(out)])
-    assert code == 1
-    assert "audit-0002.md" in output
-    (out / "audit-0002.md").write_text(markdown)
-    assert run_cli(["report", "--check", str(out)])[0] == 0
-    (out / "audit-0001.json").unlink()
-    assert run_cli(["report", "--check", str(out)])[0] == 1
-
-
 def test_migrate_ends_with_the_audit_report_after_the_sequences_checks(
     migration: MigrationFactory,
 ) -> None:

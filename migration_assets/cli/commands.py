@@ -199,22 +199,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from migration_assets.engine.session import failure_message
-    from migration_assets.report import check_chain
 
     if args.check is not None:
-        problems = check_chain(args.check)
-        for problem in problems:
-            out.print(f"[red]TAMPERED or BROKEN:[/] {problem}", soft_wrap=True)
-        if not problems:
-            out.print(f"[green]report chain in {args.check} is intact[/]")
-        return EXIT_OK if not problems else EXIT_UNVERIFIED
+        from migration_assets.cli.report_check import check_reports
+
+        return check_reports(args)
     result = open_session(args).write_report(args.out)
     if not result.success:
         out.print(f"[red]report failed:[/] {failure_message(result)}", soft_wrap=True)
         return EXIT_UNVERIFIED
     event = result.get_asset_materialization_events()[0].materialization
-    meta = {k: meta_text(event.metadata, k) for k in ("json", "markdown", "digest", "complete")}
-    out.print(f"report written: {meta['json']} and {meta['markdown']}\ndigest {meta['digest']}")
+    keys = ("json", "markdown", "sequence", "digest", "target_anchor", "complete")
+    meta = {k: meta_text(event.metadata, k) for k in keys}
+    out.print(
+        f"report #{meta['sequence']} written: {meta['json']} and {meta['markdown']}\n"
+        f"digest {meta['digest']}; anchored in the Dagster instance, on the target: "
+        f"{meta['target_anchor']}",
+        soft_wrap=True,
+        markup=False,
+    )
     complete = meta["complete"] == "True"
     out.print(
         "[green]verdict: COMPLETE[/]"

@@ -38,7 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_option(report)
     what = report.add_mutually_exclusive_group(required=True)
     what.add_argument("--out", type=Path, help="write the next report of the chain into DIR")
-    what.add_argument("--check", type=Path, help="verify the digest chain of the reports in DIR")
+    what.add_argument(
+        "--check",
+        type=Path,
+        help="verify the reports in DIR: keyed digests, chain, and its anchors on the target "
+        "and in the Dagster instance",
+    )
+    report.add_argument(
+        "--skip-anchor",
+        action="append",
+        choices=["target", "dagster"],
+        help="with --check: do not compare with this anchor (an unreachable one exits 2)",
+    )
     _locate(sub)
     return parser
 

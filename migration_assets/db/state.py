@@ -6,6 +6,10 @@ transaction as the DROP; `supabase_indexes` puts it back and forgets it in one t
 Whichever run is killed in between, the next `migrate` finds the record. This module owns
 the schema: each kind of record has a table of its own, and the schema goes only once
 every table in it is empty, so one kind's cleanup never loses another's record.
+
+The audit report chain's anchors live beside it, in a schema of their own that is never
+dropped (`AUDIT_SCHEMA`, see `db/anchor.py`): they are evidence that must outlive every
+load, and "nothing of ours stays behind" keeps holding for the load's own records.
 """
 
 from __future__ import annotations
@@ -18,25 +22,26 @@ from psycopg import sql
 from migration_assets.db.session import Connection
 
 STATE_SCHEMA = "migration_assets_state"
+AUDIT_SCHEMA = "migration_assets_audit"  # never dropped: `drop_if_empty` knows only STATE_SCHEMA
 
 
-def state_table(name: str) -> sql.Identifier:
-    return sql.Identifier(STATE_SCHEMA, name)
+def state_table(name: str, schema: str = STATE_SCHEMA) -> sql.Identifier:
+    return sql.Identifier(schema, name)
 
 
-def ensure_table(conn: Connection, name: str, columns: str) -> None:
+def ensure_table(conn: Connection, name: str, columns: str, schema: str = STATE_SCHEMA) -> None:
     """The schema and the record table `name` (`columns`: its fixed column list), created
     if missing, in the caller's transaction."""
     conn.execute(
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({})").format(
-            sql.Identifier(STATE_SCHEMA), state_table(name), sql.SQL(columns)
+            sql.Identifier(schema), state_table(name, schema), sql.SQL(columns)
         )
     )
 
 
-def has_table(conn: Connection, name: str) -> bool:
+def has_table(conn: Connection, name: str, schema: str = STATE_SCHEMA) -> bool:
     """Is there a record table `name`? Read in a transaction the caller ends."""
-    qualified = state_table(name).as_string(conn)
+    qualified = state_table(name, schema).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [qualified]).fetchone()
     return bool(row and row[0])
 

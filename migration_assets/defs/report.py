@@ -8,24 +8,23 @@ so: anything not verified is listed as a problem, never left out.
 import datetime as dt
 import getpass
 import hashlib
-import json
 import os
 import platform
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext, DagsterInstance
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecord,
-    AssetCheckExecutionRecordStatus,
-)
 
 from migration_assets import __version__
+from migration_assets.db.keyhash import load_secret
+from migration_assets.defs.anchors import RECORDED, anchored_in, write_anchored
 from migration_assets.defs.checks import check_names
-from migration_assets.defs.history import latest_materializations, plain
+from migration_assets.defs.evidence import check_entry, table_entry, verdicts, when
+from migration_assets.defs.failures import as_failure
+from migration_assets.defs.findings import findings, problems, unverified
+from migration_assets.defs.history import plain
 from migration_assets.defs.keys import (
     CUTOVER_KEY,
     DATA_API_LOCKED_DOWN,
@@ -40,11 +39,15 @@ from migration_assets.defs.keys import (
     SCHEMA_MATCHES_SOURCE,
     SEQUENCES_AHEAD,
     SEQUENCES_KEY,
+    TARGET_POOL,
     TLS_IN_USE,
 )
-from migration_assets.plan import MigrationPlan, TablePlan
-from migration_assets.report import render_markdown, write_report
+from migration_assets.defs.resources import TargetDatabase
+from migration_assets.plan import MigrationPlan
+from migration_assets.report import prepare_report, render_markdown, report_key
 from migration_assets.settings import SettingsError, load_settings
+
+__all__ = ["collect_report", "report_dir", "unverified"]
 
 GLOBAL_CHECKS = [
     (SCHEMA_KEY, SCHEMA_MATCHES_SOURCE),
@@ -61,135 +64,6 @@ class ReportConfig(dg.Config):
     out_dir: str = ""  # default: $DAGSTER_HOME/audit
 
 
-def _when(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
-Verdicts = Mapping[dg.AssetCheckKey, AssetCheckExecutionRecord]
-VERDICTS_PER_QUERY = 500
-
-
-def _verdicts(instance: DagsterInstance, keys: list[dg.AssetCheckKey]) -> Verdicts:
-    """Every check's latest execution, a few queries for all (one a check grew with tables)."""
-    found: dict[dg.AssetCheckKey, AssetCheckExecutionRecord] = {}
-    for i in range(0, len(keys), VERDICTS_PER_QUERY):
-        chunk = keys[i : i + VERDICTS_PER_QUERY]
-        found.update(instance.event_log_storage.get_latest_asset_check_execution_by_key(chunk))
-    return found
-
-
-def _check(
-    verdicts: Verdicts, key: dg.AssetKey, name: str, *, changed: int | None = None
-) -> dict[str, Any]:
-    """A check's last verdict. `changed`: the storage id of the asset's newest
-    materialization, for a check that judges the whole asset: a verdict on older data (or
-    none at all) is stale, whichever way the asset changed since."""
-    record = verdicts.get(dg.AssetCheckKey(key, name))
-    entry: dict[str, Any] = {"asset": key.to_user_string(), "name": name, "passed": None}
-    if record is None or record.event is None or record.event.dagster_event is None:
-        if changed is not None:
-            entry.update(stale=True)
-        return entry
-    evaluation = record.event.dagster_event.event_specific_data
-    if record.status == AssetCheckExecutionRecordStatus.PLANNED or _older(evaluation, changed):
-        # Planned in a later run that did not evaluate it (a UI backfill's partition runs
-        # plan the whole-table checks and leave them), or judged data since replaced.
-        entry.update(stale=True, run_id=record.run_id)
-        return entry
-    entry.update(
-        passed=bool(getattr(evaluation, "passed", False)),
-        severity=str(getattr(getattr(evaluation, "severity", None), "value", "ERROR")),
-        at=_when(record.event.timestamp),
-        run_id=record.run_id,
-        metadata={k: plain(v) for k, v in getattr(evaluation, "metadata", {}).items()},
-    )
-    return entry
-
-
-def _older(evaluation: Any, changed: int | None) -> bool:
-    """Was this verdict given on a materialization older than the newest one?"""
-    if changed is None:
-        return False
-    target = getattr(evaluation, "target_materialization_data", None)
-    return target is None or target.storage_id < changed
-
-
-def _table_entry(
-    instance: DagsterInstance, verdicts: Verdicts, table: TablePlan, plan: MigrationPlan
-) -> dict[str, Any]:
-    latest = latest_materializations(instance, table)
-    slices = []
-    for pk in table.partition_keys:
-        record = latest.get(pk)
-        mat = record.asset_materialization if record is not None else None
-        meta = {k: plain(v) for k, v in mat.metadata.items()} if mat is not None else {}
-        slices.append(
-            {
-                "partition": pk,
-                "verified": mat is not None,  # the key names the slice's fingerprint
-                "rows": meta.get("target_rows"),
-                "source_checksum": meta.get("source_checksum"),
-                "target_checksum": meta.get("target_checksum"),
-                "row_hash": meta.get("row_hash"),
-                "at": _when(record.timestamp) if record is not None else None,
-                "run_id": record.run_id if record is not None else None,
-            }
-        )
-    key = dg.AssetKey(table.asset_path)
-    changed = max((r.storage_id for r in latest.values()), default=None)
-    verified = [s for s in slices if s["verified"]]
-    return {
-        "table": table.qualified,
-        "asset": key.to_user_string(),
-        "partitions": {"total": len(slices), "verified": len(verified)},
-        "rows_verified": sum(int(s["rows"] or 0) for s in verified),
-        "slices": slices,
-        "checks": [_check(verdicts, key, n, changed=changed) for n in check_names(table, plan)],
-    }
-
-
-def unverified(report: dict[str, Any], *, ignore: frozenset[str] = frozenset()) -> list[str]:
-    """The report's problems, leaving out the checks named in `ignore` (the cutover re-runs
-    the whole-table comparisons after the freeze, which a live application fails before)."""
-    return _problems(report["tables"], report["global_checks"], ignore)
-
-
-def _problems(
-    tables: list[dict[str, Any]],
-    global_checks: list[dict[str, Any]],
-    ignore: frozenset[str] = frozenset(),
-) -> list[str]:
-    problems = []
-    for table in tables:
-        parts = table["partitions"]
-        if parts["verified"] < parts["total"]:
-            problems.append(
-                f"{table['table']}: {parts['total'] - parts['verified']} of "
-                f"{parts['total']} partitions not verified"
-            )
-        for check in table["checks"]:
-            if check["passed"] is not True and check["name"] not in ignore:
-                problems.append(f"{table['table']}: check {check['name']} {_state(check)}")
-    for check in global_checks:
-        if check["passed"] is not True and check.get("severity", "ERROR") == "ERROR":
-            problems.append(f"{check['asset']}: check {check['name']} {_state(check)}")
-    return problems
-
-
-def _state(check: dict[str, Any]) -> str:
-    """'never ran', or 'failed' with what the check itself said (the CLI shows the same)."""
-    if check["passed"] is None:
-        return "not run since its asset last changed" if check.get("stale") else "never ran"
-    metadata = check.get("metadata", {})
-    said = next((str(metadata[k]) for k in _WHY if metadata.get(k) not in (None, "", "none")), "")
-    return f"failed: {said}" if said else "failed"
-
-
-_WHY = ("details", "orphans", "behind", "error", "fix")
-
-
 def _configuration() -> dict[str, str]:
     try:
         return load_settings().describe()
@@ -203,7 +77,7 @@ def _cutover(instance: DagsterInstance) -> dict[str, Any] | None:
     if event is None or event.asset_materialization is None:
         return None
     meta = event.asset_materialization.metadata
-    return {"at": _when(event.timestamp), "run_id": event.run_id} | {
+    return {"at": when(event.timestamp), "run_id": event.run_id} | {
         k: plain(v) for k, v in meta.items()
     }
 
@@ -216,13 +90,14 @@ def _latest_metadata(instance: DagsterInstance, key: dg.AssetKey) -> dict[str, A
 
 
 def collect_report(
-    instance: DagsterInstance, plan: MigrationPlan, plan_path: Path
+    instance: DagsterInstance, plan: MigrationPlan, plan_path: Path, out_dir: Path | None = None
 ) -> dict[str, Any]:
-    """Everything the auditor needs, from the instance; nothing from the patient rows."""
+    """Everything the auditor needs, from the instance; nothing from the patient rows.
+    `out_dir`: where the report goes, for the commands that clear its problems."""
     schema_meta = _latest_metadata(instance, SCHEMA_KEY)
     sequences_event = instance.get_latest_materialization_event(SEQUENCES_KEY)
     sequences_meta = _latest_metadata(instance, SEQUENCES_KEY)
-    verdicts = _verdicts(
+    found = verdicts(
         instance,
         [dg.AssetCheckKey(key, name) for key, name in GLOBAL_CHECKS]
         + [
@@ -231,11 +106,10 @@ def collect_report(
             for name in check_names(t, plan)
         ],
     )
-    tables = [_table_entry(instance, verdicts, t, plan) for t in plan.tables]
-    global_checks = [_check(verdicts, key, name) for key, name in GLOBAL_CHECKS]
-    tls = next(c for c in global_checks if c["name"] == TLS_IN_USE)
-    tls_meta = tls.get("metadata", {})
-    problems = _problems(tables, global_checks)
+    tables = [table_entry(instance, found, t, plan) for t in plan.tables]
+    global_checks = [check_entry(found, key, name) for key, name in GLOBAL_CHECKS]
+    unsettled = problems(tables, global_checks)
+    again = f"migration-assets report --out {out_dir if out_dir is not None else 'DIR'}"
     return {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "generated_by": {
@@ -259,28 +133,37 @@ def collect_report(
             "target": schema_meta.get("target_revision", "unknown"),
             "schema_step": schema_meta.get("how", "never ran"),
         },
-        "tls": {
-            "passed": tls["passed"],
-            "protocol": tls_meta.get("protocol"),
-            "cipher": tls_meta.get("cipher"),
-            "bits": tls_meta.get("bits"),
-            "at": tls.get("at"),
-            "run_id": tls.get("run_id"),
-            "summary": (
-                f"{tls_meta.get('protocol')} {tls_meta.get('cipher')}"
-                if tls["passed"]
-                else "not verified"
-            ),
-        },
+        "tls": _tls(next(c for c in global_checks if c["name"] == TLS_IN_USE)),
         "statistics": {
             "tables_analyzed": sequences_meta.get("tables_analyzed"),
-            "at": _when(sequences_event.timestamp) if sequences_event is not None else None,
+            "at": when(sequences_event.timestamp) if sequences_event is not None else None,
             "run_id": sequences_event.run_id if sequences_event is not None else None,
         },
         "tables": tables,
         "global_checks": global_checks,
         "cutover": _cutover(instance),
-        "verdict": {"complete": not problems, "problems": problems},
+        "verdict": {"complete": not unsettled, "problems": [p.text for p in unsettled]},
+        "findings": findings(unsettled, again),
+    }
+
+
+def _tls(check: dict[str, Any]) -> dict[str, Any]:
+    """The target's TLS as `tls_in_use` recorded it, and the source's where it records that
+    too (`source_protocol`, `source_cipher`); absent keys stay None: "not recorded"."""
+    meta = check.get("metadata", {})
+    return {
+        "passed": check["passed"],
+        "protocol": meta.get("protocol"),
+        "cipher": meta.get("cipher"),
+        "bits": meta.get("bits"),
+        "at": check.get("at"),
+        "run_id": check.get("run_id"),
+        "summary": (
+            f"{meta.get('protocol')} {meta.get('cipher')}"
+            if check["passed"]
+            else ("not encrypted" if meta.get("ssl") is False else "not verified")
+        ),
+        "source": {"protocol": meta.get("source_protocol"), "cipher": meta.get("source_cipher")},
     }
 
 
@@ -296,6 +179,7 @@ def report_dir(config_dir: str) -> Path:
 def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     @dg.asset(
         key=REPORT_KEY,
+        pool=TARGET_POOL,  # it records the report's anchor on the target
         deps=[SEQUENCES_KEY, SCHEMA_KEY],
         group_name="audit",
         kinds=KINDS,
@@ -307,7 +191,9 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         description=(
             "The audit report: every table's and partition's last verified counts and "
             "checksums, every check with its run id and time, Alembic revisions, TLS evidence, "
-            "who ran it, masked configuration; JSON + Markdown, SHA-256 chained."
+            "who ran it, masked configuration, the SQL that recomputes every number; JSON + "
+            "Markdown, chained by keyed digests, each anchored on the target and in this "
+            "asset's metadata (chain, sequence, digest)."
         ),
         check_specs=[
             dg.AssetCheckSpec(
@@ -318,19 +204,28 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         ],
     )
     def migration_audit_report(
-        context: AssetExecutionContext, config: ReportConfig
+        context: AssetExecutionContext, config: ReportConfig, target: TargetDatabase
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
         plan_path = Path(os.environ.get("MIGRATION_PLAN", "plan.json"))
-        report = collect_report(context.instance, plan, plan_path)
-        json_path, md_path = write_report(report, report_dir(config.out_dir))
-        saved = json.loads(json_path.read_text())
+        directory = report_dir(config.out_dir)
+        report = collect_report(context.instance, plan, plan_path, directory)
+        report["anchors"] = anchored_in()
+        with as_failure("audit report"):
+            prepared = prepare_report(report, directory, report_key(load_secret()))
+            json_path, md_path, anchor = write_anchored(prepared, target)
+        if anchor != RECORDED:
+            context.log.warning(f"report #{prepared.sequence}: target anchor {anchor}")
+        saved = prepared.report
         return dg.MaterializeResult(
             metadata={
-                "report": dg.MetadataValue.md(render_markdown(saved)),
+                "report": dg.MetadataValue.md(render_markdown(saved, details=False)),
                 "json": str(json_path),
                 "markdown": str(md_path),
+                "chain": saved["chain"],
+                "sequence": saved["sequence"],
                 "digest": saved["digest"],
                 "previous_digest": saved["previous_digest"] or "none",
+                "target_anchor": anchor,
                 "complete": saved["verdict"]["complete"],
             },
             check_results=[
