@@ -67,6 +67,7 @@ def test_demo_ends_with_every_table_equal(tmp_path: Path) -> None:
         digests = assert_equal_databases(values["SOURCE_DATABASE_URL"], values["SUPABASE_DB_URL"])
         assert digests["public.patients"][0] == 800
         _assert_the_ui_hint_reaches_this_run(output, env_file, values, tmp_path)
+        _assert_the_kept_chain_checks(output, reports, values, tmp_path)
     finally:
         down = subprocess.run(
             [sys.executable, "-m", "migration_assets.cli", "stack", "down", str(env_file.parent)],
@@ -102,3 +103,21 @@ def _assert_the_ui_hint_reaches_this_run(
     )
     assert status.returncode == 0, status.stdout + status.stderr
     assert "public/patients" in status.stdout, status.stdout
+
+
+def _assert_the_kept_chain_checks(
+    output: str, reports: list[Path], values: dict[str, str], cwd: Path
+) -> None:
+    """With --keep, the chain's secret and both anchors stay: the check it names passes."""
+    folder = reports[-1].parent
+    assert f"`migration-assets report --check {folder}`" in " ".join(output.split()), output
+    checked = subprocess.run(
+        [sys.executable, "-m", "migration_assets.cli", "report", "--check", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+        env={**os.environ, **values},
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

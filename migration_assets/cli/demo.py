@@ -129,7 +129,7 @@ def run_demo(
             failures.append(f"audit report: {problem}")
         _print_timings(timings, console)
         if any(evidence.iterdir()):
-            _print_evidence(evidence, console)
+            _print_evidence(evidence, keep, console)
         if keep:
             stack.detach()
             _print_kept(stack, _write_env_file(stack, settings), console)
@@ -257,10 +257,19 @@ def _print_stack(stack: DevStack, keep: bool, console: Console) -> None:
     console.print(table)
 
 
-def _print_evidence(folder: Path, console: Console) -> None:
+def _print_evidence(folder: Path, keep: bool, console: Console) -> None:
+    """The chain is keyed with the demo's secret and anchored on its target: only while its
+    servers and DAGSTER_HOME stay (--keep) can `report --check` authenticate it."""
+    check = (
+        f"`migration-assets report --check {folder}` (with the env file's settings) "
+        "authenticates their chain"
+        if keep
+        else "their chain was keyed and anchored by the servers just removed: run the demo "
+        "with --keep to check one with `migration-assets report --check`"
+    )
     console.print(
         f"audit reports kept in {folder} (0600): the first as migrate left it, the last after "
-        f"verify; `migration-assets report --check {folder}` checks their chain.",
+        f"verify; {check}.",
         soft_wrap=True,
     )
 

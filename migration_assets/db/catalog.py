@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from migration_assets.db.left_out import LARGE_OBJECTS, in_managed_schemas, large_objects
 from migration_assets.db.session import Connection, refuse_old_server
-from migration_assets.db.state import STATE_SCHEMA  # ours, on a target, during a load
+from migration_assets.db.state import AUDIT_SCHEMA, STATE_SCHEMA  # ours, on a target
 
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
@@ -35,6 +35,7 @@ SUPABASE_SCHEMAS = frozenset(
         "_realtime",
         "_analytics",
         STATE_SCHEMA,
+        AUDIT_SCHEMA,
     }
 )
 EXCLUDED_SCHEMAS = SYSTEM_SCHEMAS | SUPABASE_SCHEMAS
@@ -290,7 +291,8 @@ def read_catalog(conn: Connection) -> Catalog:
         else "foreign table: its data lives elsewhere"
         for s, n, kind in conn.execute(SKIPPED_SQL, params)
     }
-    skipped.update(in_managed_schemas(conn, sorted(SUPABASE_SCHEMAS - {STATE_SCHEMA})))
+    ours = {STATE_SCHEMA, AUDIT_SCHEMA}  # a database that once was a target: not the app's
+    skipped.update(in_managed_schemas(conn, sorted(SUPABASE_SCHEMAS - ours)))
     skipped.update(large_objects(conn))
     return Catalog(
         server_version=conn.info.server_version,
