@@ -11,8 +11,10 @@ for shape and for agreement with docker-compose.yaml instead.
 from __future__ import annotations
 
 import importlib
+import re
 import shlex
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,12 @@ DOCKER_LAUNCHER_KEYS = {"image", "registry", "env_vars", "network", "networks", 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 CONFIG_MOUNT = "/config"  # where the plan and the CA arrive at run time, read-only
 MOUNTED = ("MIGRATION_PLAN", "SUPABASE_SSLROOTCERT")  # the image's settings that name them
+# Each image's run launcher: the Dockerfile's LAUNCHER build arg, the extra it installs, the
+# package and the module that the instance's run_launcher names.
+LAUNCHERS = {
+    "docker": ("deploy-docker", "dagster-docker", "dagster_docker"),
+    "k8s": ("deploy-k8s", "dagster-k8s", "dagster_k8s"),
+}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -339,3 +347,47 @@ def test_what_the_image_lacks_is_mounted_read_only_wherever_code_runs() -> None:
     assert mount["readOnly"] is True, mount
     (source,) = [v for v in deployment["volumes"] if v["name"] == mount["name"]]
     assert {"configMap", "secret"} & set(source), source
+
+
+def _extras() -> dict[str, list[str]]:
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    extras: dict[str, list[str]] = pyproject["project"]["optional-dependencies"]
+    return extras
+
+
+def _pinned(requirements: list[str], package: str) -> str:
+    """The exact version `package` is pinned to in `requirements`."""
+    pins = [r.split("==", 1)[1] for r in requirements if re.fullmatch(rf"{package}==[\w.]+", r)]
+    assert len(pins) == 1, f"{package} is not pinned exactly once in {requirements}"
+    return pins[0]
+
+
+def test_each_image_carries_the_run_launcher_its_instance_names() -> None:
+    """compose's image is built with the Docker launcher, the Helm values' with dagster-k8s:
+    the image's tag says which, the build arg installs that extra, pinned with Dagster."""
+    instructions = _instructions(DOCKERFILE)
+    assert "LAUNCHER" in [a.split("=")[0] for i, a in instructions if i == "ARG"]
+    (install,) = [a for i, a in instructions if i == "RUN" and "[deploy-${LAUNCHER}]" in a]
+    accepted = re.search(r'case "\$LAUNCHER" in ([\w|]+)\)', install)
+    assert accepted, "the build does not refuse a LAUNCHER it has no extra for"
+    assert set(accepted.group(1).split("|")) == set(LAUNCHERS)
+    extras = _extras()
+    dependencies = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    release = _pinned(dependencies["dependencies"], "dagster-postgres")  # the libraries' line
+
+    compose = _load(DEPLOY / "docker" / "docker-compose.yaml")["services"]["user_code"]
+    values = _load(DEPLOY / "k8s" / "values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    docker_module = _load(DEPLOY / "docker" / "dagster.yaml")["run_launcher"]["module"]
+    images = {
+        "docker": (compose["build"]["args"]["LAUNCHER"], compose["image"].split(":")[1]),
+        "k8s": ("k8s", deployment["image"]["tag"]),
+    }
+    modules = {"docker": docker_module, "k8s": "dagster_k8s"}
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    for launcher, (build_arg, tag) in images.items():
+        extra, package, module = LAUNCHERS[launcher]
+        assert build_arg == launcher, f"the {launcher} image is built with LAUNCHER={build_arg}"
+        assert tag.split("-")[0] == launcher, f"tag {tag} does not say it carries {package}"
+        assert _pinned(extras[extra], package) == release, f"{extra}: {extras[extra]}"
+        assert modules[launcher] == module
