@@ -11,6 +11,10 @@ for shape and for agreement with docker-compose.yaml instead.
 from __future__ import annotations
 
 import importlib
+import re
+import shlex
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,19 @@ BAKED_INTO_IMAGE = {
     "MIGRATION_ALEMBIC_CONFIG",
     "MIGRATION_PG_BIN",
 }
+# Given inside SOURCE_DATABASE_URL (`sslrootcert=/config/…`) on Docker, where a name passed
+# to run containers must always be set, and an empty path is not a file.
+IN_THE_SOURCE_URL = {"SOURCE_SSLROOTCERT"}
 DOCKER_LAUNCHER_KEYS = {"image", "registry", "env_vars", "network", "networks", "container_kwargs"}
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+CONFIG_MOUNT = "/config"  # where the plan and the CA arrive at run time, read-only
+MOUNTED = ("MIGRATION_PLAN", "SUPABASE_SSLROOTCERT")  # the image's settings that name them
+# Each image's run launcher: the Dockerfile's LAUNCHER build arg, the extra it installs, the
+# package and the module that the instance's run_launcher names.
+LAUNCHERS = {
+    "docker": ("deploy-docker", "dagster-docker", "dagster_docker"),
+    "k8s": ("deploy-k8s", "dagster-k8s", "dagster_k8s"),
+}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -155,6 +171,7 @@ def test_docker_runs_get_every_setting() -> None:
     dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
     wanted = {*SETTING_NAMES, NETWORK_TIMEOUT_ENV, *STORAGE_ENV}
     missing = {n for n in wanted - passed if not (n in BAKED_INTO_IMAGE and n in dockerfile)}
+    missing -= IN_THE_SOURCE_URL
     assert not missing, f"run containers would lack {sorted(missing)}"
     compose = _load(DEPLOY / "docker" / "docker-compose.yaml")
     daemon_env = set(compose["services"]["daemon"]["environment"])
@@ -230,3 +247,147 @@ def test_the_code_location_passes_dagsters_own_validation(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Validation successful for code location migration_assets" in done.stderr + done.stdout
+
+
+# ------------------------------------------------------------------ the image and its mounts
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments left out."""
+    joined: list[str] = []
+    pending = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        joined.append(pending + line)
+        pending = ""
+    assert not pending, f"{dockerfile} ends inside a continued line"
+    return [(word.upper(), rest.strip()) for word, _, rest in (j.partition(" ") for j in joined)]
+
+
+def _copies(dockerfile: Path) -> list[tuple[list[str], str]]:
+    """(sources, destination) of every COPY/ADD from the build context (not from a stage)."""
+    found = []
+    for instruction, args in _instructions(dockerfile):
+        if instruction not in {"COPY", "ADD"}:
+            continue
+        words = shlex.split(args)
+        flags = [w for w in words if w.startswith("--")]
+        paths = [w for w in words if not w.startswith("--")]
+        if not any(f.startswith("--from=") for f in flags):
+            found.append((paths[:-1], paths[-1]))
+    return found
+
+
+def _image_env(dockerfile: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, args in _instructions(dockerfile):
+        for word in shlex.split(args) if instruction == "ENV" else []:
+            name, _, value = word.partition("=")
+            env[name] = value
+    return env
+
+
+def _tracked() -> list[str]:
+    """The files of a clean checkout of this commit's tree: what `git ls-files` lists."""
+    listed = subprocess.run(
+        ["git", "-C", str(DEPLOY.parent), "ls-files", "-z"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [name for name in listed.split("\0") if name]
+
+
+def _ignored_by_the_build(path: str) -> bool:
+    """Dockerfile.dockerignore's plain patterns (a name or a directory), as BuildKit reads them."""
+    patterns = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    names = [p.strip().removeprefix("**/") for p in patterns if p.strip() and p[0] != "#"]
+    return any(part == name for name in names for part in Path(path).parts)
+
+
+def test_every_dockerfile_copy_comes_from_a_clean_checkout() -> None:
+    """No plan, no certificate, no build-arg file: a checkout builds the image as it is."""
+    tracked = _tracked()
+    copies = _copies(DOCKERFILE)
+    assert copies, "the Dockerfile copies nothing from the checkout"
+    for sources, dest in copies:
+        for source in sources:
+            assert "$" not in source, f"COPY {source}: a build arg may name a file no checkout has"
+            here = [f for f in tracked if f == source or f.startswith(source.rstrip("/") + "/")]
+            assert here, f"COPY {source} {dest}: not in a clean checkout (git ls-files)"
+            assert not _ignored_by_the_build(source), f"COPY {source}: the .dockerignore drops it"
+        assert not dest.startswith(CONFIG_MOUNT), f"COPY into {dest}: that is the mount's place"
+
+
+def test_what_the_image_lacks_is_mounted_read_only_wherever_code_runs() -> None:
+    """The image names the plan and the CA under /config; compose mounts them in the code
+    location, the Docker run launcher in each run container, the Helm values in both."""
+    env = _image_env(DOCKERFILE)
+    for name in MOUNTED:
+        assert env[name].startswith(CONFIG_MOUNT + "/"), f"{name}={env[name]}: not the mount"
+    compose = _load(DEPLOY / "docker" / "docker-compose.yaml")
+    code = compose["services"]["user_code"]
+    volume, target, mode = next(v for v in code["volumes"] if ":" + CONFIG_MOUNT in v).split(":")
+    assert (target, mode) == (CONFIG_MOUNT, "ro"), code["volumes"]
+    declared = compose["volumes"][volume]
+    assert declared["driver_opts"]["device"].startswith("${MIGRATION_CONFIG_DIR:?"), declared
+    launcher = _load(DEPLOY / "docker" / "dagster.yaml")["run_launcher"]["config"]
+    runs = launcher["container_kwargs"]["volumes"]
+    assert f"{declared['name']}:{CONFIG_MOUNT}:ro" in runs, f"run containers lack it: {runs}"
+
+    (deployment,) = _load(DEPLOY / "k8s" / "values.yaml")["dagster-user-deployments"]["deployments"]
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True  # run pods get the same
+    (mount,) = [m for m in deployment["volumeMounts"] if m["mountPath"] == CONFIG_MOUNT]
+    assert mount["readOnly"] is True, mount
+    (source,) = [v for v in deployment["volumes"] if v["name"] == mount["name"]]
+    assert {"configMap", "secret"} & set(source), source
+
+
+def _extras() -> dict[str, list[str]]:
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    extras: dict[str, list[str]] = pyproject["project"]["optional-dependencies"]
+    return extras
+
+
+def _pinned(requirements: list[str], package: str) -> str:
+    """The exact version `package` is pinned to in `requirements`."""
+    pins = [r.split("==", 1)[1] for r in requirements if re.fullmatch(rf"{package}==[\w.]+", r)]
+    assert len(pins) == 1, f"{package} is not pinned exactly once in {requirements}"
+    return pins[0]
+
+
+def test_each_image_carries_the_run_launcher_its_instance_names() -> None:
+    """compose's image is built with the Docker launcher, the Helm values' with dagster-k8s:
+    the image's tag says which, the build arg installs that extra, pinned with Dagster."""
+    instructions = _instructions(DOCKERFILE)
+    assert "LAUNCHER" in [a.split("=")[0] for i, a in instructions if i == "ARG"]
+    (install,) = [a for i, a in instructions if i == "RUN" and "[deploy-${LAUNCHER}]" in a]
+    accepted = re.search(r'case "\$LAUNCHER" in ([\w|]+)\)', install)
+    assert accepted, "the build does not refuse a LAUNCHER it has no extra for"
+    assert set(accepted.group(1).split("|")) == set(LAUNCHERS)
+    extras = _extras()
+    dependencies = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    release = _pinned(dependencies["dependencies"], "dagster-postgres")  # the libraries' line
+
+    compose = _load(DEPLOY / "docker" / "docker-compose.yaml")["services"]["user_code"]
+    values = _load(DEPLOY / "k8s" / "values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    docker_module = _load(DEPLOY / "docker" / "dagster.yaml")["run_launcher"]["module"]
+    images = {
+        "docker": (compose["build"]["args"]["LAUNCHER"], compose["image"].split(":")[1]),
+        "k8s": ("k8s", deployment["image"]["tag"]),
+    }
+    modules = {"docker": docker_module, "k8s": "dagster_k8s"}
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    for launcher, (build_arg, tag) in images.items():
+        extra, package, module = LAUNCHERS[launcher]
+        assert build_arg == launcher, f"the {launcher} image is built with LAUNCHER={build_arg}"
+        assert tag.split("-")[0] == launcher, f"tag {tag} does not say it carries {package}"
+        assert _pinned(extras[extra], package) == release, f"{extra}: {extras[extra]}"
+        assert modules[launcher] == module

@@ -26,6 +26,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from migration_assets.cli.ui import group_members
 from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import TARGET_POOL
@@ -48,7 +49,7 @@ from migration_assets_tests.helpers import (
     run_cli,
     user_tables,
 )
-from migration_assets_tests.waiting import wait_until
+from migration_assets_tests.waiting import process_gone, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,6 +61,14 @@ MIGRATION_APP = "migration_assets"
 SLOW_TABLE = "public.observations"
 BACKFILL_PARTITION_TAG = "dagster/partition"
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
+# `migrate --submit` with a shorter bound of daemon silence than DAEMON_SILENT_SECONDS (90 s):
+# the daemon beats every 30 s, so this still tolerates one late beat, and the test waits less.
+TEST_SILENCE = 50.0
+SUBMIT_WITH_SILENCE = (
+    "import sys; from migration_assets.engine import submit; "
+    "submit.DAEMON_SILENT_SECONDS = float(sys.argv[1]); "
+    "from migration_assets.cli import main; sys.exit(main(sys.argv[2:]))"
+)
 
 
 @dataclass
@@ -87,6 +96,18 @@ class Queued:
 
     def submit(self) -> subprocess.Popen[str]:
         return cli_process(["migrate", "--submit"], self.env, self.cwd)
+
+    def submit_watching(self, silence: float) -> subprocess.Popen[str]:
+        """`migrate --submit`, giving up on a daemon silent for `silence` seconds."""
+        return subprocess.Popen(
+            [sys.executable, "-c", SUBMIT_WITH_SILENCE, str(silence), "migrate", "--submit"],
+            env={**os.environ, **self.env},
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
 
 def queued_instance(
@@ -338,6 +359,51 @@ def test_submit_without_a_daemon_says_so_within_seconds(
     instance = q.instance()
     assert instance.get_backfills() == [], "a backfill was submitted that nobody would run"
     assert instance.get_run_records() == []
+
+
+def test_submit_stops_following_when_the_daemon_stops_beating(
+    migration: MigrationFactory,
+    stack: DevStack,
+    isolated_cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon dies (SIGKILL, with its code server and run workers) under a followed
+    backfill: `--submit` ends within the bound, exit 2, saying to start a daemon again and
+    that the backfill is still there; the backfill is left as it was, not ended."""
+    q = queued_instance(migration, stack, isolated_cwd, monkeypatch, target_connections=1)
+    q.plan()
+    instance = q.instance()
+    with daemon(q) as running:
+        proc = q.submit_watching(TEST_SILENCE)
+        try:
+            wait_until(
+                lambda: proc.poll() is not None or instance.get_backfills(),
+                120,
+                "the submitted backfill",
+                every=0.5,
+            )
+            assert proc.poll() is None, proc.communicate()[0]
+            os.killpg(running.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            process_gone(running)
+            wait_until(lambda: not group_members(running.pid), 60, "the daemon's processes")
+            code, output = finish(proc, timeout=TEST_SILENCE + 120)
+            seconds = time.monotonic() - killed
+            print(f"`--submit` ended {seconds:.1f}s after the daemon was killed")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            process_gone(proc)
+    assert code == 2, output
+    said = " ".join(output.split())
+    assert "no backfill daemon heartbeat" in said, output
+    assert "`dagster-daemon run -w workspace.yaml`" in said, output
+    assert "is still in the instance and resumes" in said, output
+    # the last beat came before the kill; one poll and the CLI's exit on a loaded machine
+    assert seconds < TEST_SILENCE + 20, f"ended {seconds:.0f}s after the daemon was killed"
+    (backfill,) = q.instance().get_backfills()
+    assert backfill.backfill_id in said, output
+    assert backfill.status.value == "REQUESTED", "following stopped, the backfill must not"
 
 
 def test_submit_exits_2_like_migrate_when_the_schema_step_cannot_run(

@@ -112,6 +112,7 @@ def _submit(session: Session, args: argparse.Namespace) -> int:
     from migration_assets.db.errors import MigrationError
     from migration_assets.engine.migrate import settle_in_flight
     from migration_assets.engine.submit import (
+        DaemonStoppedError,
         daemon_problem,
         follow,
         head_failure,
@@ -143,6 +144,11 @@ def _submit(session: Session, args: argparse.Namespace) -> int:
             "`migration-assets status`."
         )
         return 130
+    except DaemonStoppedError as exc:
+        progress.stop()
+        err.print("[bold red]stopped following: the daemon is gone.[/]")
+        err.print(str(exc), markup=False, soft_wrap=True)
+        return EXIT_CONFIG
     progress.stop()
     statuses = partition_statuses(session.instance, session.plan)
     code = print_status(session.plan, statuses)

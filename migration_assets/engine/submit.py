@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
@@ -29,6 +29,10 @@ from migration_assets.engine.work import HEAD, TAIL, RunSpec
 
 DAEMON_FRESH_SECONDS = 60.0
 DAEMON_WAIT_SECONDS = 10.0
+# The daemon beats every 30 s (a long backfill iteration can delay a beat): three missed beats
+# mean it is gone, and a backfill nobody runs would be followed forever.
+DAEMON_SILENT_SECONDS = 90.0
+BACKFILL_DAEMON = "BACKFILL"
 NEEDED_DAEMONS = ("BACKFILL", "QUEUED_RUN_COORDINATOR")
 BACKFILL_TAG = "dagster/backfill"
 
@@ -80,6 +84,40 @@ def submit(session: Session, slices: list[RunSpec], *, force: bool) -> str:
     return backfill_id
 
 
+class DaemonStoppedError(MigrationError):
+    """The backfill daemon stopped beating while its backfill was followed."""
+
+
+@dataclass
+class DaemonWatch:
+    """How long the backfill daemon has been silent, on this machine's monotonic clock: the
+    daemon's host stamps its beats with its own wall clock, which only dates the first beat
+    seen (a skewed clock there must not end a healthy follow)."""
+
+    instance: dg.DagsterInstance
+    last_beat: float | None = None
+    new_at: float = field(default_factory=time.monotonic)
+
+    def silent_for(self) -> float:
+        beat = self.instance.get_daemon_heartbeats().get(BACKFILL_DAEMON)
+        now = time.monotonic()
+        if beat is not None and beat.timestamp != self.last_beat:
+            age = max(0.0, time.time() - beat.timestamp) if self.last_beat is None else 0.0
+            self.last_beat, self.new_at = beat.timestamp, now - age
+        return now - self.new_at
+
+
+def daemon_stopped(backfill_id: str, silent: float) -> str:
+    return (
+        f"the Dagster daemon stopped: no backfill daemon heartbeat for {silent:.0f} s, so "
+        f"nothing more of backfill {backfill_id} launches. The backfill is still in the "
+        "instance and resumes where it stopped once a daemon runs again: start one "
+        "(`dagster-daemon run -w workspace.yaml` with the same DAGSTER_HOME and settings, or "
+        "`migration-assets ui`), then watch it in the UI or with `migration-assets status`; "
+        "do not submit it again."
+    )
+
+
 @dataclass
 class Progress:
     status: str
@@ -93,8 +131,13 @@ def follow(
     backfill_id: str,
     on_progress: Callable[[Progress], None],
     poll: float = 1.0,
+    daemon_silence: float | None = None,
 ) -> Progress:
-    """Poll the backfill until it ends; Ctrl-C stops following, never the backfill."""
+    """Poll the backfill until it ends; Ctrl-C stops following, never the backfill. Raises
+    DaemonStoppedError once the backfill daemon has been silent for `daemon_silence` seconds
+    (default DAEMON_SILENT_SECONDS, read when called)."""
+    bound = DAEMON_SILENT_SECONDS if daemon_silence is None else daemon_silence
+    watch = DaemonWatch(session.instance)
     while True:
         backfill = session.instance.get_backfill(backfill_id)
         if backfill is None:
@@ -103,6 +146,9 @@ def follow(
         on_progress(progress)
         if backfill.status in BULK_ACTION_TERMINAL_STATUSES:
             return progress
+        silent = watch.silent_for()
+        if silent > bound:
+            raise DaemonStoppedError(daemon_stopped(backfill_id, silent))
         time.sleep(poll)
 
 
