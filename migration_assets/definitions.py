@@ -16,11 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from migration_assets.defs.build import build_definitions
-from migration_assets.engine.cutover import (
-    CUTOVER_ASSET,
-    migration_cutover,
-    migration_cutover_rollback,
-)
+from migration_assets.engine.cutover import cutover_definitions
 from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets.settings import load_settings
 
@@ -56,10 +52,7 @@ def build() -> dg.Definitions:
     settings.export_environment()  # where run workers' EnvVars and database code read them
     plan, shipped = _plan()
     # jobs beside the asset graph: "Materialize all" must never freeze a production database
-    cutover = dg.Definitions(
-        assets=[CUTOVER_ASSET], jobs=[migration_cutover, migration_cutover_rollback]
-    )
-    definitions = dg.Definitions.merge(build_definitions(plan, settings), cutover)
+    definitions = dg.Definitions.merge(build_definitions(plan, settings), cutover_definitions())
     return definitions.map_asset_specs(func=_mark_shipped) if shipped else definitions
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,17 @@ def _status_is_truthful(m: Migration) -> None:
         assert "frozen by an unfinished cutover" in text or "stays read-only" in text, output
 
 
-@pytest.mark.parametrize("step", ["source_frozen", "final_delta", "switch_application"])
+CUTOVER_STEPS = [  # as the run names them: the final delta is a graph of four steps
+    "source_frozen",
+    "final_delta.slices_compared",
+    "final_delta.slices_recopied",
+    "final_delta.target_finished",
+    "final_delta.tables_rechecked",
+    "switch_application",
+]
+
+
+@pytest.mark.parametrize("step", CUTOVER_STEPS)
 def test_a_cutover_killed_at_each_step_is_finished_by_the_next_one(
     migration: MigrationFactory, isolated_cwd: Path, step: str
 ) -> None:
@@ -222,3 +233,68 @@ def test_a_cutover_killed_at_each_step_is_finished_by_the_next_one(
     assert code == 0, output
     assert not _source_frozen(m)
     assert _last_report(m)["cutover"]["state"] == "rolled back"
+
+
+def _metadata_keys(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """What a table partition's materialization recorded in a run: the table asset's keys."""
+    for event in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        mat = event.asset_materialization
+        if mat is not None and mat.partition is not None:
+            return set(mat.metadata)
+    return set()
+
+
+def test_cutover_is_one_run_whose_steps_record_the_table_assets_evidence(
+    migration: MigrationFactory,
+) -> None:
+    """No run is launched from inside a run: during `cutover` the instance gains exactly one
+    run, the job migration_cutover's, and the slices it re-copied and the checks it re-ran are
+    recorded there as materializations of the tables' partitions (with the table asset's own
+    metadata) and as check evaluations, so `status`, `verify` and the audit report see a
+    migration that is whole."""
+    m = migration()
+    _plan_and_migrate(m)
+    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    try:
+        recorded = (_metadata_keys(instance, r.run_id) for r in instance.get_runs())
+        by_migrate = next(keys for keys in recorded if keys)  # a partition run's
+        with StandIn(m.source_url, connections=2) as app:
+            app.wait_until(lambda: len(app.acks()) >= 10, 60, "the app's first writes")
+            before = {r.run_id for r in instance.get_runs()}
+            code, output = run_cli(["cutover", "--yes"])
+            assert code == 0, output
+        new = [r for r in instance.get_runs() if r.run_id not in before]
+        jobs = Counter(r.job_name for r in new)
+        assert [r.job_name for r in new] == ["migration_cutover"], f"runs made: {dict(jobs)}"
+        run = new[0]
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        evidence = _last_report(m)
+        assert evidence["cutover"]["state"] == "cut over"
+        assert evidence["cutover"]["slices_recopied"] >= 1, "the app's writes were not re-copied"
+        assert evidence["verdict"] == {"complete": True, "problems": []}, evidence["verdict"]
+
+        materialized = [
+            e.asset_materialization
+            for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        ]
+        slices = [x for x in materialized if x is not None and x.partition is not None]
+        assert len(slices) >= evidence["cutover"]["slices_recopied"]
+        assert _metadata_keys(instance, run.run_id) == by_migrate
+        evaluations = [
+            event.dagster_event.asset_check_evaluation_data
+            for event in instance.all_logs(
+                run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+            )
+            if event.dagster_event is not None
+        ]
+        rechecked = {(e.asset_key.to_user_string(), e.check_name) for e in evaluations if e.passed}
+        for recopied in {x.asset_key.to_user_string() for x in slices}:
+            assert (recopied, "table_checksum") in rechecked, (recopied, sorted(rechecked))
+    finally:
+        instance.dispose()
+    code, output = run_cli(["status"])
+    assert code == 0, output
+    code, output = run_cli(["verify"])
+    assert code == 0, output
+    assert_equal_databases(m.source_url, m.target_url)
+    assert assert_journal_on(m.target_url, app.acked()) >= 10

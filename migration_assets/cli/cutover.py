@@ -13,17 +13,18 @@ from migration_assets.cli.render import EXIT_CONFIG, EXIT_OK, EXIT_UNVERIFIED, e
 if TYPE_CHECKING:
     import dagster as dg
 
-STEPS = ("cutover_ready", "source_frozen", "final_delta", "switch_application")
+STEPS = ("cutover_ready", "source_frozen", "switch_application")  # the steps with config
 # the run's events are in the UI; here the summary and the failing step's own message
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
-    from migration_assets.engine.cutover import migration_cutover, migration_cutover_rollback
+    from migration_assets.engine.cutover import cutover_job
 
     session = open_session(args)
     if args.rollback:
-        result = migration_cutover_rollback.execute_in_process(
+        rollback = cutover_job(session.defs, "migration_cutover_rollback")
+        result = rollback.execute_in_process(
             instance=session.instance, run_config=QUIET, raise_on_error=False
         )
         return _finish(result, "source_unfrozen")
@@ -32,7 +33,6 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     config = {
         "freeze": not args.no_freeze,
         "app_env": str(args.app_env.resolve()) if args.app_env else "",
-        "workers": args.workers,
     }
     out.print(
         "cutover: "
@@ -41,7 +41,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         "then proving no write reached the source (the run is in the Dagster UI)",
         soft_wrap=True,
     )
-    result = migration_cutover.execute_in_process(
+    result = cutover_job(session.defs, "migration_cutover").execute_in_process(
         instance=session.instance,
         run_config={**QUIET, "ops": {step: {"config": config} for step in STEPS}},
         raise_on_error=False,
@@ -59,7 +59,7 @@ def _confirmed(args: argparse.Namespace) -> bool:
 
 
 def _finish(result: dg.ExecuteInProcessResult, last: str) -> int:
-    from migration_assets.engine.cutover import EXIT_TAG
+    from migration_assets.engine.cutover_state import EXIT_TAG
     from migration_assets.engine.session import failure_text
 
     if result.success:

@@ -83,14 +83,28 @@ def build_table_checks(*, table: TablePlan, plan: MigrationPlan) -> dg.AssetChec
             )
             return
         selected = {k.name for k in context.selected_asset_check_keys}
-        try:
-            yield from _run_checks(selected, table, plan, source, target)
-        except psycopg.Error as exc:
-            raise dg.Failure(description=f"{table.qualified}: {safe_message(exc)}") from None
-        except MigrationError as exc:
-            raise dg.Failure(description=str(exc)) from None
+        yield from table_check_results(table, plan, source, target, selected)
 
     return _checks
+
+
+def table_check_results(
+    table: TablePlan,
+    plan: MigrationPlan,
+    source: SourceDatabase,
+    target: TargetDatabase,
+    selected: set[str] | None = None,
+) -> Iterator[dg.AssetCheckResult]:
+    """The table's checks (all of them, or those `selected`), each as soon as it is known: the
+    Checks tab, `verify` and the cutover's final delta all judge a table through here. A
+    database error leaves as a `dg.Failure` naming the table, never a row value."""
+    names = set(check_names(table, plan) if selected is None else selected)
+    try:
+        yield from _run_checks(names, table, plan, source, target)
+    except psycopg.Error as exc:
+        raise dg.Failure(description=f"{table.qualified}: {safe_message(exc)}") from None
+    except MigrationError as exc:
+        raise dg.Failure(description=str(exc)) from None
 
 
 def _in_partition_run(context: AssetCheckExecutionContext) -> bool:
@@ -226,7 +240,7 @@ def _checksum_result(
     return dg.AssetCheckResult(check_name=TABLE_CHECKSUM, passed=c.equal, metadata=metadata)
 
 
-def differing_slices(evaluation: dg.AssetCheckEvaluation) -> list[str]:
+def differing_slices(evaluation: dg.AssetCheckEvaluation | dg.AssetCheckResult) -> list[str]:
     """The partitions a failed table_checksum named (read back from its own metadata)."""
     if evaluation.check_name != TABLE_CHECKSUM or evaluation.passed:
         return []

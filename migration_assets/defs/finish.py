@@ -7,8 +7,9 @@ source's. `supabase_sequences` sets each sequence past its column's values and
 ANALYZEs what was loaded, so the app's first queries are planned on real statistics.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 
 import dagster as dg
 
@@ -66,9 +67,6 @@ def target_lanes(context: dg.AssetExecutionContext, jobs: int) -> Iterator[int]:
 
 
 def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
-    # the largest tables' indexes first, so that both lanes stay busy to the end
-    size = {(t.schema_name, t.name): _size(t) for t in plan.tables}
-
     @dg.asset(
         key=INDEXES_KEY,
         pool=TARGET_POOL,
@@ -97,50 +95,64 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     def supabase_indexes(
         context: dg.AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
-        with as_failure("index rebuild"), target.connect() as conn:
-            held = recorded_constraints(conn)
-            restore_constraints(conn, held)  # NOT VALID: nothing scanned, instant
-            pending = sorted(recorded(conn), key=lambda i: -size.get((i.schema, i.table), 0))
-            groups = index_groups(pending)  # a second lane is of use only with two groups
-            with target_lanes(context, len(groups)) as lanes:
-                restore_indexes(conn, groups, target.connect, lanes)
-            drop_if_empty(conn)
-        context.log.info(
-            f"{len(pending)} deferred index(es) rebuilt, {len(held)} constraint(s) added back"
-        )
-        with as_failure("index check"):
-            differences, _ = schema_differences(plan, source, target)
-        return dg.MaterializeResult(
-            metadata={
-                "indexes_rebuilt": len(pending),
-                "connections": lanes,  # to the target: its pool slot's and any then free
-                "rebuilt": dg.MetadataValue.md(
-                    "\n".join(f"- {i.schema}.{i.name} on {i.table}" for i in pending) or "none"
-                ),
-                "constraints_restored": dg.MetadataValue.md(
-                    "\n".join(f"- {c.name} on {c.qualified_table}" for c in held) or "none"
-                ),
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=INDEXES_MATCH_SOURCE,
-                    passed=not differences,
-                    metadata={
-                        "differences": len(differences),
-                        "details": dg.MetadataValue.md(differences_md(differences)),
-                    },
-                )
-            ],
+        return rebuild_indexes(
+            plan, source, target, partial(target_lanes, context), context.log.info
         )
 
     return supabase_indexes
 
 
-def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
-    every = [(s.qualified, s.table, s.column) for s in plan.sequences]
-    largest_first = sorted(plan.tables, key=lambda t: -_size(t))
-    tables = [(t.schema_name, t.name) for t in largest_first]
+Lanes = Callable[[int], AbstractContextManager[int]]  # jobs -> connections it may hold
 
+
+def rebuild_indexes(
+    plan: MigrationPlan,
+    source: SourceDatabase,
+    target: TargetDatabase,
+    lanes: Lanes,
+    log: Callable[[str], None],
+) -> dg.MaterializeResult[None]:
+    """What materializing `supabase_indexes` does, for its step and the cutover's final delta
+    alike: constraints and deferred indexes back, then the schema proven equal to the source's
+    (the result carries that check's verdict)."""
+    # the largest tables' indexes first, so that both lanes stay busy to the end
+    size = {(t.schema_name, t.name): _size(t) for t in plan.tables}
+    with as_failure("index rebuild"), target.connect() as conn:
+        held = recorded_constraints(conn)
+        restore_constraints(conn, held)  # NOT VALID: nothing scanned, instant
+        pending = sorted(recorded(conn), key=lambda i: -size.get((i.schema, i.table), 0))
+        groups = index_groups(pending)  # a second lane is of use only with two groups
+        with lanes(len(groups)) as held_lanes:
+            restore_indexes(conn, groups, target.connect, held_lanes)
+        drop_if_empty(conn)
+    log(f"{len(pending)} deferred index(es) rebuilt, {len(held)} constraint(s) added back")
+    with as_failure("index check"):
+        differences, _ = schema_differences(plan, source, target)
+    return dg.MaterializeResult(
+        metadata={
+            "indexes_rebuilt": len(pending),
+            "connections": held_lanes,  # to the target: its pool slot's and any then free
+            "rebuilt": dg.MetadataValue.md(
+                "\n".join(f"- {i.schema}.{i.name} on {i.table}" for i in pending) or "none"
+            ),
+            "constraints_restored": dg.MetadataValue.md(
+                "\n".join(f"- {c.name} on {c.qualified_table}" for c in held) or "none"
+            ),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=INDEXES_MATCH_SOURCE,
+                passed=not differences,
+                metadata={
+                    "differences": len(differences),
+                    "details": dg.MetadataValue.md(differences_md(differences)),
+                },
+            )
+        ],
+    )
+
+
+def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     @dg.asset(
         key=SEQUENCES_KEY,
         pool=TARGET_POOL,
@@ -149,9 +161,9 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         kinds=KINDS,
         owners=plan.owners,
         description=(
-            f"Sets {len(every)} target sequence(s) to the source's values after the data is "
-            "in (never at a value its column holds: past the max, or the min for a descending "
-            "sequence), so the application's next INSERT does not "
+            f"Sets {len(plan.sequences)} target sequence(s) to the source's values after the "
+            "data is in (never at a value its column holds: past the max, or the min for a "
+            "descending sequence), so the application's next INSERT does not "
             "collide with a migrated key; then ANALYZEs every migrated table whose rows changed "
             "since its last ANALYZE, so the planner has statistics before the app's queries "
             "are timed (and before cutover)."
@@ -160,36 +172,48 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     def supabase_sequences(
         context: dg.AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
     ) -> dg.MaterializeResult[None]:
-        with as_failure("sequences"), source.connect() as src, target.connect() as tgt:
-            written, advanced = sync_sequences(src, tgt, every)
-            tgt.commit()
-            due = stale(tgt, tables)
-            with target_lanes(context, len(due)) as lanes:
-                seconds = analyze(tgt, due, target.connect, lanes)
-            analyzed = len(due)
-        context.log.info(
-            f"{written} sequence(s) set; {analyzed} table(s) analyzed, "
-            f"{len(tables) - analyzed} unchanged since their last ANALYZE"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "sequences_set": written,
-                "tables_analyzed": len(tables),  # each has statistics taken after its load
-                "analyzed_now": analyzed,  # the others' rows had not changed since
-                "analyze_seconds": round(seconds, 3),
-                "connections": lanes,  # ANALYZEs at once: its pool slot's and any then free
-                "advanced_past_source": dg.MetadataValue.md(
-                    "\n".join(f"- {a}" for a in advanced) or "none"
-                ),
-            }
-        )
+        return set_sequences(plan, source, target, partial(target_lanes, context), context.log.info)
 
     return supabase_sequences
 
 
-def build_sequences_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
-    owned = [(s.qualified, s.table, s.column) for s in plan.sequences if s.table and s.column]
+def set_sequences(
+    plan: MigrationPlan,
+    source: SourceDatabase,
+    target: TargetDatabase,
+    lanes: Lanes,
+    log: Callable[[str], None],
+) -> dg.MaterializeResult[None]:
+    """What materializing `supabase_sequences` does, for its step and the cutover's final
+    delta alike: every sequence past the source's, then ANALYZE of what changed."""
+    every = [(s.qualified, s.table, s.column) for s in plan.sequences]
+    tables = [(t.schema_name, t.name) for t in sorted(plan.tables, key=lambda t: -_size(t))]
+    with as_failure("sequences"), source.connect() as src, target.connect() as tgt:
+        written, advanced = sync_sequences(src, tgt, every)
+        tgt.commit()
+        due = stale(tgt, tables)
+        with lanes(len(due)) as held_lanes:
+            seconds = analyze(tgt, due, target.connect, held_lanes)
+        analyzed = len(due)
+    log(
+        f"{written} sequence(s) set; {analyzed} table(s) analyzed, "
+        f"{len(tables) - analyzed} unchanged since their last ANALYZE"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "sequences_set": written,
+            "tables_analyzed": len(tables),  # each has statistics taken after its load
+            "analyzed_now": analyzed,  # the others' rows had not changed since
+            "analyze_seconds": round(seconds, 3),
+            "connections": held_lanes,  # ANALYZEs at once: its pool slot's and any then free
+            "advanced_past_source": dg.MetadataValue.md(
+                "\n".join(f"- {a}" for a in advanced) or "none"
+            ),
+        }
+    )
 
+
+def build_sequences_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=SEQUENCES_KEY,
         name=SEQUENCES_AHEAD,
@@ -200,14 +224,21 @@ def build_sequences_check(plan: MigrationPlan) -> dg.AssetChecksDefinition:
         ),
     )
     def sequences_ahead(target: TargetDatabase) -> dg.AssetCheckResult:
-        with as_failure("sequences check"), target.connect() as tgt:
-            lagging = lagging_sequences(tgt, [(s, t, c) for s, t, c in owned if t and c])
-        return dg.AssetCheckResult(
-            passed=not lagging,
-            metadata={
-                "checked": len(owned),
-                "behind": dg.MetadataValue.md("\n".join(f"- {x}" for x in lagging) or "none"),
-            },
-        )
+        return sequences_ahead_result(plan, target)
 
     return sequences_ahead
+
+
+def sequences_ahead_result(plan: MigrationPlan, target: TargetDatabase) -> dg.AssetCheckResult:
+    """The check `sequences_ahead_of_keys`, for its step and the cutover's final delta."""
+    owned = [(s.qualified, s.table, s.column) for s in plan.sequences if s.table and s.column]
+    with as_failure("sequences check"), target.connect() as tgt:
+        lagging = lagging_sequences(tgt, [(s, t, c) for s, t, c in owned if t and c])
+    return dg.AssetCheckResult(
+        check_name=SEQUENCES_AHEAD,
+        passed=not lagging,
+        metadata={
+            "checked": len(owned),
+            "behind": dg.MetadataValue.md("\n".join(f"- {x}" for x in lagging) or "none"),
+        },
+    )

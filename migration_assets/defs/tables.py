@@ -9,6 +9,7 @@ all" again is a cheap resync; `force` (run config) re-copies regardless.
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -122,40 +123,72 @@ def build_table_asset(*, table: TablePlan, owners: list[str] | None = None) -> d
         source: SourceDatabase,
         target: TargetDatabase,
     ) -> Iterator[Any]:
-        spec = table.slice(context.partition_key)
-        job = CopyTarget(spec, table.copy_columns, table.hash_columns, table.binary_safe)
-        try:
-            with source.lend() as src, target.lend() as tgt:  # a packed run's steps share them
-                result = copy_slice(src, tgt, job, force=config.force)
-        except SliceMismatchError as exc:  # the verdict is evidence too: record it, then fail
-            yield from _slice_checks(exc.result)
-            raise dg.Failure(description=str(exc), metadata=_slice_metadata(exc.result)) from None
-        except (MigrationError, psycopg.Error) as exc:
-            with as_failure(table.qualified):
-                raise exc
-        if not result.copied:
-            context.log.info(f"{table.qualified} {context.partition_key}: already equal, kept")
-        yield dg.MaterializeResult(metadata=_slice_metadata(result))
-        yield from _slice_checks(result)
+        pk = context.partition_key
+        outcome = materialize_slice(table, pk, source, target, force=config.force)
+        if outcome.failure is not None:  # the verdict is evidence too: record it, then fail
+            yield from outcome.checks
+            raise outcome.failure
+        if not outcome.result.copied:
+            context.log.info(f"{table.qualified} {pk}: already equal, kept")
+        yield dg.MaterializeResult(metadata=outcome.metadata)
+        yield from outcome.checks
 
     return _table
 
 
-def _slice_metadata(result: SliceResult) -> dict[str, Any]:
-    return {"dagster/row_count": result.target.rows, **describe_result(result)}
+@dataclass(frozen=True)
+class SliceOutcome:
+    """What materializing one partition found: the copy's result and, when the slice did not
+    verify, the failure to raise once its checks are recorded."""
+
+    result: SliceResult
+    failure: dg.Failure | None = None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The partition's materialization metadata: numbers, never row values."""
+        return {"dagster/row_count": self.result.target.rows, **describe_result(self.result)}
+
+    @property
+    def checks(self) -> list[dg.AssetCheckResult]:
+        """The slice's own checks (`slice_row_count`, `slice_checksum`)."""
+        source, target = self.result.source, self.result.target
+        return [
+            dg.AssetCheckResult(
+                check_name=SLICE_ROW_COUNT,
+                passed=source.rows == target.rows,
+                metadata={"source_rows": source.rows, "target_rows": target.rows},
+            ),
+            dg.AssetCheckResult(
+                check_name=SLICE_CHECKSUM,
+                passed=source.digest == target.digest,
+                metadata={"source_checksum": source.digest, "target_checksum": target.digest},
+            ),
+        ]
 
 
-def _slice_checks(result: SliceResult) -> Iterator[dg.AssetCheckResult]:
-    yield dg.AssetCheckResult(
-        check_name=SLICE_ROW_COUNT,
-        passed=result.source.rows == result.target.rows,
-        metadata={"source_rows": result.source.rows, "target_rows": result.target.rows},
-    )
-    yield dg.AssetCheckResult(
-        check_name=SLICE_CHECKSUM,
-        passed=result.source.digest == result.target.digest,
-        metadata={
-            "source_checksum": result.source.digest,
-            "target_checksum": result.target.digest,
-        },
-    )
+def materialize_slice(
+    table: TablePlan,
+    partition_key: str,
+    source: SourceDatabase,
+    target: TargetDatabase,
+    *,
+    force: bool = False,
+) -> SliceOutcome:
+    """Make one slice of the target equal to the source's, verified on both servers: the
+    partition's step and the cutover's final delta both do it through here, so a slice the
+    cutover re-copies is recorded exactly as a partition run records it. A database error
+    leaves as a `dg.Failure` without row values; a slice that did not verify comes back with
+    its failure, for the caller to record its checks first."""
+    spec = table.slice(partition_key)
+    job = CopyTarget(spec, table.copy_columns, table.hash_columns, table.binary_safe)
+    try:
+        with source.lend() as src, target.lend() as tgt:  # a packed run's steps share them
+            return SliceOutcome(copy_slice(src, tgt, job, force=force))
+    except SliceMismatchError as exc:
+        failed = SliceOutcome(exc.result)
+        return SliceOutcome(exc.result, dg.Failure(description=str(exc), metadata=failed.metadata))
+    except (MigrationError, psycopg.Error) as exc:
+        with as_failure(table.qualified):
+            raise exc
+    raise AssertionError("as_failure always raises")  # for the type checker

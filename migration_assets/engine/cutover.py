@@ -1,16 +1,19 @@
 """The cutover as Dagster jobs: the UI launches them, `migration-assets cutover` executes the
-same jobs in process, so both paths run the same steps and leave the same runs.
+same jobs in process, so both paths run the same steps and leave the same runs: one run per
+cutover, whose steps do all of its work (no run is started inside it).
 
 Jobs, not assets: "Materialize all" and every backfill take all assets, and none of them may
 ever freeze a production database. The evidence is the asset `migration_cutover` (an
-external asset these jobs record), which the audit report reads.
+external asset these jobs record), which the audit report reads; the final delta records what
+it re-copies and re-checks as the table assets' own materializations and check evaluations
+(`engine/delta.py`), and the audit report is written in the same run.
 
 migration_cutover: cutover_ready -> source_frozen -> final_delta -> switch_application
+  final_delta: slices_compared -> slices_recopied -> target_finished -> tables_rechecked
 migration_cutover_rollback: source_unfrozen
 """
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -25,64 +28,45 @@ from migration_assets.db.freeze import (
     unfreeze,
 )
 from migration_assets.db.quiescence import WritePosition, quiescent, write_position
-from migration_assets.db.session import connect
-from migration_assets.defs.checks import differing_slices
 from migration_assets.defs.keys import CUTOVER_KEY
+from migration_assets.defs.resources import SourceDatabase
 from migration_assets.engine.cutover_state import (
     FREEZING,
     FROZEN,
     SWITCHED,
     CutoverState,
+    Setup,
     readiness_problems,
+    refusal,
     write_app_env,
 )
-from migration_assets.engine.session import Session
-from migration_assets.engine.session import blocking_failures as blocking
-from migration_assets.engine.timer import Timer
-from migration_assets.plan import TablePlan
-from migration_assets.settings import load_settings
-
-EXIT_TAG = "exit"  # a step's failure metadata: the CLI's exit code for it (2: fix the setup)
+from migration_assets.engine.delta import final_delta
+from migration_assets.engine.record import record_report
 
 
 class CutoverConfig(dg.Config):
     freeze: bool = True  # False: the operator stopped the app; prove it, change nothing
     app_env: str = ""  # where to write the application's new settings ("" : nowhere)
     wait_seconds: float = 30.0  # how long open sessions of the source may take to end
-    workers: int = 2
-
-
-def _session(context: dg.OpExecutionContext) -> Session:
-    settings = load_settings(env_file=None)
-    return Session.open(settings, settings.plan_path(), instance=context.instance)
-
-
-def _audit_dir(session: Session) -> Path:
-    assert session.settings.dagster_home is not None  # Session.open requires it
-    return session.settings.dagster_home / "audit"
-
-
-def _fail(message: str, *, exit_code: int = 1) -> dg.Failure:
-    return dg.Failure(description=message, metadata={EXIT_TAG: exit_code})
 
 
 @dg.op(description="Refuse unless every partition is verified and the last checks passed.")
 def cutover_ready(context: dg.OpExecutionContext, config: CutoverConfig) -> bool:
-    session = _session(context)
-    state = CutoverState.load(session.settings)
+    setup = Setup.load()
+    state = CutoverState.load(setup.settings)
     if state.phase in (FREEZING, FROZEN):
         context.log.info("resuming: the source was frozen by an unfinished cutover")
         return True
     if state.phase == SWITCHED:
-        raise _fail(
+        raise refusal(
             f"database {state.database} was cut over already and stays frozen: nothing "
             "changed. To cut over again, `migration-assets cutover --rollback` first."
         )
-    if config.app_env and not session.settings.supabase_pooler_url:
-        raise _fail("--app-env needs SUPABASE_POOLER_URL (port 6543) to write", exit_code=2)
-    problems = readiness_problems(session)
+    if config.app_env and not setup.settings.supabase_pooler_url:
+        raise refusal("--app-env needs SUPABASE_POOLER_URL (port 6543) to write", exit_code=2)
+    problems = readiness_problems(context.instance, setup)
     if problems:
-        raise _fail(
+        raise refusal(
             "not ready for cutover, nothing changed: "
             + "; ".join(problems[:10])
             + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
@@ -93,11 +77,11 @@ def cutover_ready(context: dg.OpExecutionContext, config: CutoverConfig) -> bool
 
 @dg.op(description="Stop writes to the source (new sessions read-only, old ones ended).")
 def source_frozen(
-    context: dg.OpExecutionContext, config: CutoverConfig, resuming: bool
+    context: dg.OpExecutionContext, config: CutoverConfig, source: SourceDatabase, resuming: bool
 ) -> dict[str, Any]:
-    session = _session(context)
-    state = CutoverState.load(session.settings)
-    with connect(session.settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+    settings = Setup.load().settings
+    state = CutoverState.load(settings)
+    with source.connect() as conn:
         if resuming and is_frozen(conn):
             if state.record is not None:
                 return state.record.to_dict()
@@ -107,15 +91,15 @@ def source_frozen(
             return _quiet_or_refuse(conn)
         problem = freeze_problem(conn)
         if problem:
-            raise _fail(problem, exit_code=2)
+            raise refusal(problem, exit_code=2)
         # the setting to restore, on disk before anything changes
-        state.save_intent(session.settings, conn.info.dbname, prior_setting(conn))
+        state.save_intent(settings, conn.info.dbname, prior_setting(conn))
         try:
             record = freeze(conn, wait_seconds=config.wait_seconds)
         except MigrationError as exc:
-            state.clear(session.settings)
-            raise _fail(str(exc)) from None
-    state.save_frozen(session.settings, record)
+            state.clear(settings)
+            raise refusal(str(exc)) from None
+    state.save_frozen(settings, record)
     context.log.info(f"source frozen at {record.frozen_at}; {record.terminated} session(s) ended")
     return record.to_dict()
 
@@ -125,7 +109,7 @@ def _quiet_or_refuse(conn: Any) -> dict[str, Any]:
     start = write_position(conn)
     quiet, _ = quiescent(conn, start, settle_seconds=3.0)
     if not quiet:
-        raise _fail(
+        raise refusal(
             "--no-freeze, but the source is still being written: stop the application (or "
             "run without --no-freeze to freeze it), then run cutover again. Nothing changed."
         )
@@ -134,92 +118,34 @@ def _quiet_or_refuse(conn: Any) -> dict[str, Any]:
     return {**record.to_dict(), "frozen_by_us": False}
 
 
-@dg.op(description="Compare every slice on both sides, re-copy those that differ, re-check.")
-def final_delta(
-    context: dg.OpExecutionContext, config: CutoverConfig, frozen: dict[str, Any]
-) -> dict[str, Any]:
-    """Checks first: every table's checksum is grouped by slice on both servers, so one pass
-    names the slices that changed since they were materialized. Only those are resynced
-    (the `--resync` mechanism, through the engine's runs), then the tail (sequences), then
-    the checks of the tables that changed or failed. With the source frozen and the target
-    untouched by anyone else, a check that passed in the first pass stays true. If a check
-    could not run at all, every slice is resynced and every check runs again."""
-    from migration_assets.engine.migrate import migrate
-
-    session = _session(context)
-    timer = Timer()
-    with timer.phase("checks"):
-        first = session.run_checks()
-    redo, recheck = _what_differs(session, first)
-    report = migrate(session, workers=config.workers, resync=not first.success, redo=redo)
-    timer.phases.update(report.phases)
-    if not report.ok:
-        raise _fail(
-            "the final delta did not verify (see its runs); the source stays frozen: fix and "
-            "run cutover again, or `migration-assets cutover --rollback`"
-        )
-    failed: list[str] = []
-    if recheck or not first.success:
-        with timer.phase("re-checks"):
-            checks = session.run_checks(recheck if first.success else None)
-        failed = [f"{e.asset_key.to_user_string()} {e.check_name}" for e in blocking(checks)]
-        if not checks.success:
-            failed.append("a check could not run")
-    if failed:
-        raise _fail(
-            f"checks failed after the final delta ({', '.join(failed)}); the source stays "
-            "frozen: fix and run cutover again, or roll back"
-        )
-    copied = [o for o in report.outcomes if o.copied]
-    return {
-        "slices_compared": session.plan.total_partitions(),
-        "slices_recopied": len(copied),
-        "rows_recopied": sum(o.rows for o in copied),
-        "delta_time": timer.describe(),
-    }
-
-
-def _what_differs(
-    session: Session, checks: dg.ExecuteInProcessResult
-) -> tuple[frozenset[tuple[str, str]], list[TablePlan]]:
-    """The (table, partition) pairs whose checksums differ, and the tables to check again:
-    every table with a failed blocking check (a differing slice is one)."""
-    by_key = {dg.AssetKey(t.asset_path): t for t in session.plan.tables}
-    failing = [e for e in blocking(checks) if e.asset_key in by_key]
-    redo = frozenset(
-        (by_key[e.asset_key].qualified, pk) for e in failing for pk in differing_slices(e)
-    )
-    tables = {by_key[e.asset_key].qualified: by_key[e.asset_key] for e in failing}
-    return redo, list(tables.values())
-
-
 @dg.op(description="Prove no write reached the source, record the evidence, write app env.")
 def switch_application(
     context: dg.OpExecutionContext,
     config: CutoverConfig,
+    source: SourceDatabase,
     frozen: dict[str, Any],
     delta: dict[str, Any],
 ) -> dict[str, Any]:
-    session = _session(context)
+    setup = Setup.load()
     record = FreezeRecord.from_dict(frozen)
-    with connect(session.settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+    with source.connect() as conn:
         quiet, end = quiescent(conn, record.position)
     started = dt.datetime.fromisoformat(record.frozen_at)
     window = (dt.datetime.now(dt.UTC) - started).total_seconds()
     evidence = _evidence(record, end, delta, window, quiet, frozen.get("frozen_by_us", True))
     context.log_event(dg.AssetMaterialization(CUTOVER_KEY, metadata=evidence))
     if not quiet:
-        raise _fail(
+        raise refusal(
             "the source was written during the cutover window (its write position moved): "
             "nothing was switched. Run `migration-assets cutover --rollback`, find the writer, "
             "then cut over again."
         )
-    audit = session.write_report(_audit_dir(session))
+    written = record_report(context, setup.plan, setup.audit_dir)
     if config.app_env:
-        write_app_env(session.settings, config.app_env)
+        write_app_env(setup.settings, config.app_env)
     if frozen.get("frozen_by_us", True):  # --no-freeze changed nothing to undo
-        CutoverState.load(session.settings).save_switched(session.settings)
-    return {**evidence, "report_written": audit.success}
+        CutoverState.load(setup.settings).save_switched(setup.settings)
+    return {**evidence, "report_written": written}
 
 
 def _evidence(
@@ -247,14 +173,14 @@ def _evidence(
 
 
 @dg.op(description="Undo the freeze exactly (the setting it changed) and record it.")
-def source_unfrozen(context: dg.OpExecutionContext) -> dict[str, Any]:
-    session = _session(context)
-    state = CutoverState.load(session.settings)
-    with connect(session.settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+def source_unfrozen(context: dg.OpExecutionContext, source: SourceDatabase) -> dict[str, Any]:
+    setup = Setup.load()
+    state = CutoverState.load(setup.settings)
+    with source.connect() as conn:
         frozen = is_frozen(conn)
         ours = state.phase in (FREEZING, FROZEN, SWITCHED)
         if frozen and not ours:
-            raise _fail(
+            raise refusal(
                 "the source is read-only for new sessions, but no cutover of this DAGSTER_HOME "
                 "froze it: nothing changed. If you froze it, run ALTER DATABASE … RESET "
                 "default_transaction_read_only as its owner."
@@ -268,8 +194,8 @@ def source_unfrozen(context: dg.OpExecutionContext) -> dict[str, Any]:
         "source_writable": writable,
     }
     context.log_event(dg.AssetMaterialization(CUTOVER_KEY, metadata=evidence))
-    state.save_rolled_back(session.settings)
-    session.write_report(_audit_dir(session))
+    state.save_rolled_back(setup.settings)
+    record_report(context, setup.plan, setup.audit_dir)
     return evidence
 
 
@@ -299,3 +225,16 @@ CUTOVER_ASSET = dg.AssetSpec(
         "re-copied, the source's write position at freeze and at the end."
     ),
 )
+
+
+def cutover_definitions() -> dg.Definitions:
+    """The jobs and their evidence asset, to merge beside the asset graph: the code location
+    and the CLI bind them to the graph's own resources and executor."""
+    return dg.Definitions(
+        assets=[CUTOVER_ASSET], jobs=[migration_cutover, migration_cutover_rollback]
+    )
+
+
+def cutover_job(graph: dg.Definitions, name: str) -> dg.JobDefinition:
+    """`name`'s job as the code location serves it: beside `graph`, with its resources."""
+    return dg.Definitions.merge(graph, cutover_definitions()).resolve_job_def(name)

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import dagster as dg
 
 from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.freeze import FreezeRecord
 from migration_assets.defs.keys import FOREIGN_KEYS_INTACT, TABLE_CHECKSUM, TABLE_ROW_COUNT
 from migration_assets.defs.report import collect_report, unverified
-from migration_assets.engine.session import Session
+from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets.private import write_private
-from migration_assets.settings import Settings
+from migration_assets.settings import Settings, load_settings
 
 FREEZING, FROZEN, SWITCHED, ROLLED_BACK = "freezing", "frozen", "switched", "rolled back"
 
@@ -91,12 +95,54 @@ class CutoverState:
 RECHECKED_AFTER_FREEZE = frozenset({TABLE_ROW_COUNT, TABLE_CHECKSUM, FOREIGN_KEYS_INTACT})
 
 
-def readiness_problems(session: Session) -> list[str]:
+def readiness_problems(instance: dg.DagsterInstance, setup: Setup) -> list[str]:
     """What the audit report calls unverified: every partition materialized with its slice
     checks, every schema, security and global check passed (none stale since its table
     last changed), bar the whole-table comparisons the final delta re-runs."""
-    report = collect_report(session.instance, session.plan, session.plan_path)
+    report = collect_report(instance, setup.plan, setup.plan_path)
     return unverified(report, ignore=RECHECKED_AFTER_FREEZE)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What each step of the cutover jobs works from: the settings and the plan of the code
+    location (the CLI and the code location put both in the environment)."""
+
+    settings: Settings
+    plan_path: Path
+    plan: MigrationPlan
+
+    @classmethod
+    def load(cls) -> Setup:
+        settings = load_settings(env_file=None)
+        path = settings.plan_path()
+        return cls(settings, path, load_plan(path))
+
+    @property
+    def audit_dir(self) -> Path:
+        self.settings.require("DAGSTER_HOME")
+        assert self.settings.dagster_home is not None
+        return self.settings.dagster_home / "audit"
+
+
+EXIT_TAG = "exit"  # a step's failure metadata: the CLI's exit code for it (2: fix the setup)
+
+
+def refusal(message: str, *, exit_code: int = 1) -> dg.Failure:
+    """A step's failure as the CLI prints it, with the exit code it means."""
+    return dg.Failure(description=message, metadata={EXIT_TAG: exit_code})
+
+
+@contextmanager
+def stays_frozen() -> Iterator[None]:
+    """A final delta step that fails leaves the source frozen, and says what to do next."""
+    try:
+        yield
+    except dg.Failure as exc:
+        raise refusal(
+            f"{(exc.description or 'the final delta failed').rstrip('.')}. The source stays "
+            "frozen: fix and run cutover again, or `migration-assets cutover --rollback`"
+        ) from None
 
 
 def app_env_text(settings: Settings) -> str:
