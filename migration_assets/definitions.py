@@ -17,6 +17,7 @@ import dagster as dg
 
 from migration_assets.defs.build import build_definitions
 from migration_assets.engine.cutover import cutover_definitions
+from migration_assets.engine.verify import verify_and_report
 from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets.settings import load_settings
 
@@ -52,7 +53,11 @@ def build() -> dg.Definitions:
     settings.export_environment()  # where run workers' EnvVars and database code read them
     plan, shipped = _plan()
     # jobs beside the asset graph: "Materialize all" must never freeze a production database
-    definitions = dg.Definitions.merge(build_definitions(plan, settings), cutover_definitions())
+    definitions = dg.Definitions.merge(
+        build_definitions(plan, settings),
+        cutover_definitions(),
+        dg.Definitions(jobs=[verify_and_report]),
+    )
     return definitions.map_asset_specs(func=_mark_shipped) if shipped else definitions
 
 

@@ -43,6 +43,8 @@ from psycopg import sql
 
 from migration_assets.cli.ui import group_members, stop_process_group
 from migration_assets.db.session import connect
+from migration_assets.defs.history import meta_text
+from migration_assets.defs.keys import REPORT_KEY, VERIFY_JOB
 from migration_assets.devstack.cluster import free_port
 from migration_assets.devstack.shape import dagster_yaml
 from migration_assets.devstack.stack import DevStack
@@ -611,6 +613,52 @@ def test_a_ui_backfill_and_migrate_end_in_the_same_state(
     assert deferred[0] == deferred[1] > 0, f"rebuilt after the load: ui, cli = {deferred}"
 
 
+RUNS_OF_JOB = """
+query ($job: String!) { runsOrError(filter: { pipelineName: $job }) {
+  ... on Runs { results { status } } } }
+"""
+
+
+def _runs_of(url: str, job: str) -> list[str]:
+    runs = graphql(url, RUNS_OF_JOB, {"job": job})["runsOrError"]["results"]
+    return [str(r["status"]) for r in runs]
+
+
+def test_one_click_after_the_backfill_ends_the_migration_verified(
+    served: Served, browser_page: Any, backfill: Backfill, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster cannot run a table's whole-table checks after its last slice inside one
+    backfill: the asset pages name the job that does, and one click of it ends the migration
+    with every check run and the audit report COMPLETE."""
+    _wait_for(lambda: _backfill_status(served.url) in DONE, 180, "the backfill to complete")
+    page = browser_page
+    page.goto(f"{served.url}/assets/{TABLE[0]}/{TABLE[1]}")
+    page.get_by_text(f"launch the job {VERIFY_JOB}", exact=False).first.wait_for()
+    page.goto(f"{served.url}/locations/{LOCATION}/jobs/{VERIFY_JOB}/playground")
+    page.get_by_role("button", name="Launch run").click()
+    _wait_for(
+        lambda: (
+            bool(_runs_of(served.url, VERIFY_JOB))
+            and set(_runs_of(served.url, VERIFY_JOB)) <= {"SUCCESS", "FAILURE", "CANCELED"}
+        ),
+        240,
+        f"the {VERIFY_JOB} run to end",
+    )
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", served.env["DAGSTER_PG_PASSWORD"])
+    instance = dg.DagsterInstance.from_config(str(served.home))
+    assert _runs_of(served.url, VERIFY_JOB) == ["SUCCESS"], _failures_of(instance, VERIFY_JOB)
+    screenshot(page, "verified.png")
+    checks = _latest_outcomes(instance)
+    assert checks["migration_audit_report report_complete"], checks
+    table_checks = {n for n in checks if n.startswith("public/patients table_")}
+    assert table_checks == {"public/patients table_row_count", "public/patients table_checksum"}
+    assert all(checks[n] for n in table_checks), checks
+    report = instance.get_latest_materialization_event(REPORT_KEY)
+    assert report is not None
+    assert report.asset_materialization is not None
+    assert meta_text(report.asset_materialization.metadata, "complete") == "True"
+
+
 def _indexes(url: str) -> dict[str, tuple[str, bool]]:
     """Every index of the migrated schemas: its definition and whether it is valid."""
     with psycopg.connect(url) as conn:
@@ -631,6 +679,39 @@ def _sequences(url: str) -> dict[str, int | None]:
         ).fetchall()
     assert rows, "the clinic schema has sequences"
     return {str(name): value for name, value in rows}
+
+
+def _failures_of(instance: dg.DagsterInstance, job: str) -> list[str]:
+    """What the job's steps failed with (their messages hold no row values)."""
+    said = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(job_name=job)):
+        for event in instance.all_logs(record.dagster_run.run_id):
+            if event.dagster_event is not None and event.dagster_event.is_step_failure:
+                data: Any = event.dagster_event.event_specific_data
+                user = data.user_failure_data
+                said.append(user.description if user else data.error.message)
+            elif event.user_message and "not written" in event.user_message:
+                said.append(event.user_message)
+    return said
+
+
+def _latest_outcomes(instance: dg.DagsterInstance) -> dict[str, bool]:
+    """Each check's newest result (of a partitioned one, its newest for any partition)."""
+    events = [
+        event
+        for record in instance.get_run_records()
+        for event in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        )
+    ]
+    outcomes: dict[str, bool] = {}
+    for event in sorted(events, key=lambda e: e.timestamp):
+        assert event.dagster_event is not None
+        evaluation: Any = event.dagster_event.event_specific_data
+        outcomes[f"{evaluation.asset_key.to_user_string()} {evaluation.check_name}"] = bool(
+            evaluation.passed
+        )
+    return outcomes
 
 
 def _check_outcomes(instance: dg.DagsterInstance) -> dict[str, bool]:

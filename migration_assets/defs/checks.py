@@ -31,6 +31,7 @@ from migration_assets.defs.keys import (
     TABLE_CHECKSUM,
     TABLE_ROW_COUNT,
     TARGET_POOL,
+    VERIFY_JOB,
 )
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import ForeignKeyPlan, MigrationPlan, TablePlan, dagster_name
@@ -79,7 +80,8 @@ def build_table_checks(*, table: TablePlan, plan: MigrationPlan) -> dg.AssetChec
         if _in_partition_run(context):
             context.log.info(
                 f"{table.qualified}: whole-table checks wait for the whole table; run them "
-                "after the backfill (Checks tab, Execute all; or `migration-assets verify`)."
+                f"after the backfill: the job {VERIFY_JOB} runs every table's and writes the "
+                "audit report (or Checks tab, Execute all; or `migration-assets verify`)."
             )
             return
         selected = {k.name for k in context.selected_asset_check_keys}

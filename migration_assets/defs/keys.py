@@ -9,6 +9,8 @@ INDEXES_KEY = dg.AssetKey("supabase_indexes")
 SEQUENCES_KEY = dg.AssetKey("supabase_sequences")
 REPORT_KEY = dg.AssetKey("migration_audit_report")
 CUTOVER_KEY = dg.AssetKey("migration_cutover")  # recorded by the cutover jobs only
+# the job that, after a UI backfill, runs every whole-table check and writes the audit report
+VERIFY_JOB = "verify_and_report"
 
 KINDS = {"postgres", "supabase"}
 # Every step that opens a connection to the target holds one slot of this pool while it

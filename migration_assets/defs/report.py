@@ -41,6 +41,7 @@ from migration_assets.defs.keys import (
     SEQUENCES_KEY,
     TARGET_POOL,
     TLS_IN_USE,
+    VERIFY_JOB,
 )
 from migration_assets.defs.resources import TargetDatabase
 from migration_assets.plan import MigrationPlan
@@ -193,7 +194,8 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
             "checksums, every check with its run id and time, Alembic revisions, TLS evidence, "
             "who ran it, masked configuration, the SQL that recomputes every number; JSON + "
             "Markdown, chained by keyed digests, each anchored on the target and in this "
-            "asset's metadata (chain, sequence, digest)."
+            "asset's metadata (chain, sequence, digest). After a UI backfill, the job "
+            f"{VERIFY_JOB} runs every whole-table check and then writes this report."
         ),
         check_specs=[
             dg.AssetCheckSpec(

@@ -31,6 +31,7 @@ from migration_assets.defs.keys import (
     SLICE_CHECKSUM,
     SLICE_ROW_COUNT,
     TARGET_POOL,
+    VERIFY_JOB,
 )
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.plan import TablePlan, dagster_name
@@ -56,6 +57,10 @@ def table_description(table: TablePlan) -> str:
         "Materializing a partition compares that slice on both servers; unless equal, it "
         "deletes the slice on the target and copies it again in one transaction, then "
         "verifies row count and checksum on both sides before COMMIT."
+    )
+    lines.append(
+        f"After a backfill, launch the job {VERIFY_JOB} (Jobs): it runs every whole-table "
+        "check of every table and writes the audit report, in one click."
     )
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ from migration_assets.db.freeze import (
 )
 from migration_assets.db.quiescence import WritePosition, quiescent, write_position
 from migration_assets.defs.keys import CUTOVER_KEY
-from migration_assets.defs.resources import SourceDatabase
+from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.engine.cutover_state import (
     FREEZING,
     FROZEN,
@@ -123,6 +123,7 @@ def switch_application(
     context: dg.OpExecutionContext,
     config: CutoverConfig,
     source: SourceDatabase,
+    target: TargetDatabase,
     frozen: dict[str, Any],
     delta: dict[str, Any],
 ) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def switch_application(
             "nothing was switched. Run `migration-assets cutover --rollback`, find the writer, "
             "then cut over again."
         )
-    written = record_report(context, setup.plan, setup.audit_dir)
+    written = record_report(context, setup.plan, setup.audit_dir, target)
     if config.app_env:
         write_app_env(setup.settings, config.app_env)
     if frozen.get("frozen_by_us", True):  # --no-freeze changed nothing to undo
@@ -173,7 +174,9 @@ def _evidence(
 
 
 @dg.op(description="Undo the freeze exactly (the setting it changed) and record it.")
-def source_unfrozen(context: dg.OpExecutionContext, source: SourceDatabase) -> dict[str, Any]:
+def source_unfrozen(
+    context: dg.OpExecutionContext, source: SourceDatabase, target: TargetDatabase
+) -> dict[str, Any]:
     setup = Setup.load()
     state = CutoverState.load(setup.settings)
     with source.connect() as conn:
@@ -195,7 +198,7 @@ def source_unfrozen(context: dg.OpExecutionContext, source: SourceDatabase) -> d
     }
     context.log_event(dg.AssetMaterialization(CUTOVER_KEY, metadata=evidence))
     state.save_rolled_back(setup.settings)
-    record_report(context, setup.plan, setup.audit_dir)
+    record_report(context, setup.plan, setup.audit_dir, target)
     return evidence
 
 
