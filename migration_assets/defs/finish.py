@@ -5,10 +5,10 @@ step deferred (or a killed load left recorded on the target), then proves the wh
 every index present and valid, every constraint as valid as on the source, equals the
 source's. `supabase_sequences` sets each sequence past its column's values and
 ANALYZEs what was loaded, so the app's first queries are planned on real statistics.
-"""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+Each works over one target connection, the one its step's slot of the `supabase_target` pool
+stands for: a second session would need a slot Dagster does not know the step holds.
+"""
 
 import dagster as dg
 
@@ -28,47 +28,10 @@ from migration_assets.defs.keys import (
 )
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.defs.schema import differences_md, schema_differences
-from migration_assets.plan import MigrationPlan, TablePlan
-
-FINISH_LANES = 2  # target sessions a finish step uses: a second core (Supabase's smaller
-# computes have two); more would only queue behind them on such a server
-
-
-def _size(table: TablePlan) -> int:
-    """How long its index builds and ANALYZE take, roughly: bytes when the plan knows them."""
-    return table.size_bytes or table.row_estimate
-
-
-@contextmanager
-def target_lanes(context: dg.AssetExecutionContext, jobs: int) -> Iterator[int]:
-    """Connections a finish step may hold for `jobs` statements: its own slot of the target
-    pool, and one more per slot free right now (up to FINISH_LANES, never more than there
-    are jobs), claimed under this run and freed after (never waited for), so the pool's
-    limit still bounds every connection of the migration. A slot left by a killed run is
-    freed with the run's others (`defs.liveness`). Nothing to do claims nothing: a re-run
-    pays no pool round trips for it."""
-    wanted = min(FINISH_LANES, jobs)
-    storage = context.instance.event_log_storage
-    run_id, step = context.run.run_id, context.op_execution_context.op_handle
-    claims: list[str] = []
-    lanes = 1
-    try:
-        while lanes < wanted and storage.supports_global_concurrency_limits:
-            claims.append(f"{step}[lane {lanes}]")
-            claim = storage.claim_concurrency_slot(TARGET_POOL, run_id, claims[-1])
-            if not claim.is_claimed:
-                break  # the claim waits in the pool's queue: withdrawn below
-            lanes += 1
-        yield lanes
-    finally:
-        for key in claims:
-            storage.free_concurrency_slot_for_step(run_id, key)
+from migration_assets.plan import MigrationPlan
 
 
 def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
-    # the largest tables' indexes first, so that both lanes stay busy to the end
-    size = {(t.schema_name, t.name): _size(t) for t in plan.tables}
-
     @dg.asset(
         key=INDEXES_KEY,
         pool=TARGET_POOL,
@@ -100,10 +63,8 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         with as_failure("index rebuild"), target.connect() as conn:
             held = recorded_constraints(conn)
             restore_constraints(conn, held)  # NOT VALID: nothing scanned, instant
-            pending = sorted(recorded(conn), key=lambda i: -size.get((i.schema, i.table), 0))
-            groups = index_groups(pending)  # a second lane is of use only with two groups
-            with target_lanes(context, len(groups)) as lanes:
-                restore_indexes(conn, groups, target.connect, lanes)
+            pending = recorded(conn)
+            restore_indexes(conn, index_groups(pending), target.connect)  # on this connection
             drop_if_empty(conn)
         context.log.info(
             f"{len(pending)} deferred index(es) rebuilt, {len(held)} constraint(s) added back"
@@ -113,7 +74,6 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "indexes_rebuilt": len(pending),
-                "connections": lanes,  # to the target: its pool slot's and any then free
                 "rebuilt": dg.MetadataValue.md(
                     "\n".join(f"- {i.schema}.{i.name} on {i.table}" for i in pending) or "none"
                 ),
@@ -138,8 +98,7 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
 
 def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     every = [(s.qualified, s.table, s.column) for s in plan.sequences]
-    largest_first = sorted(plan.tables, key=lambda t: -_size(t))
-    tables = [(t.schema_name, t.name) for t in largest_first]
+    tables = [(t.schema_name, t.name) for t in plan.tables]
 
     @dg.asset(
         key=SEQUENCES_KEY,
@@ -164,8 +123,7 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
             written, advanced = sync_sequences(src, tgt, every)
             tgt.commit()
             due = stale(tgt, tables)
-            with target_lanes(context, len(due)) as lanes:
-                seconds = analyze(tgt, due, target.connect, lanes)
+            seconds = analyze(tgt, due, target.connect)  # on this connection
             analyzed = len(due)
         context.log.info(
             f"{written} sequence(s) set; {analyzed} table(s) analyzed, "
@@ -177,7 +135,6 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
                 "tables_analyzed": len(tables),  # each has statistics taken after its load
                 "analyzed_now": analyzed,  # the others' rows had not changed since
                 "analyze_seconds": round(seconds, 3),
-                "connections": lanes,  # ANALYZEs at once: its pool slot's and any then free
                 "advanced_past_source": dg.MetadataValue.md(
                     "\n".join(f"- {a}" for a in advanced) or "none"
                 ),
