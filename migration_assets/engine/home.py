@@ -23,7 +23,7 @@ FRESH_HOME_YAML = """\
 telemetry:
   enabled: false
 compute_logs:
-  module: dagster._core.storage.noop_compute_log_manager
+  module: dagster.core.storage.noop_compute_log_manager
   class: NoOpComputeLogManager
 """
 
