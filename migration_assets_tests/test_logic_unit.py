@@ -18,9 +18,9 @@ from migration_assets.db.schema import idempotent_schemas, tool_error, with_exte
 from migration_assets.db.session import MIN_SERVER_VERSION, refuse_old_server
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
 from migration_assets.defs.checks import differing_slices
+from migration_assets.defs.compat import remember_storage_schema
 from migration_assets.defs.keys import TABLE_CHECKSUM
 from migration_assets.engine.driver import TAG_DRIVER, has_exited, this_process
-from migration_assets.engine.home import remember_schema
 from migration_assets.engine.migrate import _may_be_between_runs
 from migration_assets.engine.session import Session
 from migration_assets.engine.work import CARRY_ROWS, RunSpec, Status, carry, slice_runs
@@ -267,7 +267,7 @@ def test_the_storage_s_yes_is_remembered_and_its_no_asked_again() -> None:
 
     storage = SimpleNamespace(has_table=has_table, has_asset_key_col=lambda column: True)
     instance = SimpleNamespace(event_log_storage=storage, run_storage=SimpleNamespace())
-    remember_schema(cast(dg.DagsterInstance, instance))
+    remember_storage_schema(cast(dg.DagsterInstance, instance))
     for _ in range(3):
         assert storage.has_table("event_logs")
         assert not storage.has_table("pending_steps")

@@ -14,15 +14,16 @@ from typing import Any
 
 import dagster as dg
 from dagster import DagsterInstance
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecord,
-    AssetCheckExecutionRecordStatus,
-)
 
 from migration_assets.db.checksum import NATIVE_MIN_VERSION
 from migration_assets.db.errors import MigrationError
 from migration_assets.db.recompute import NATIVE, recompute_sql
 from migration_assets.defs.checks import check_names
+from migration_assets.defs.compat import (
+    AssetCheckExecutionRecord,
+    AssetCheckExecutionRecordStatus,
+    latest_check_executions,
+)
 from migration_assets.defs.history import latest_materializations, plain
 from migration_assets.defs.keys import TABLE_CHECKSUM, TABLE_ROW_COUNT
 from migration_assets.plan import MigrationPlan, TablePlan
@@ -44,7 +45,7 @@ def verdicts(instance: DagsterInstance, keys: list[dg.AssetCheckKey]) -> Verdict
     found: dict[dg.AssetCheckKey, AssetCheckExecutionRecord] = {}
     for i in range(0, len(keys), VERDICTS_PER_QUERY):
         chunk = keys[i : i + VERDICTS_PER_QUERY]
-        found.update(instance.event_log_storage.get_latest_asset_check_execution_by_key(chunk))
+        found.update(latest_check_executions(instance, chunk))
     return found
 
 

@@ -5,11 +5,12 @@ step deferred (or a killed load left recorded on the target), then proves the wh
 every index present and valid, every constraint as valid as on the source, equals the
 source's. `supabase_sequences` sets each sequence past its column's values and
 ANALYZEs what was loaded, so the app's first queries are planned on real statistics.
+
+Each works over one target connection, the one its step's slot of the `supabase_target` pool
+stands for: a second session would need a slot Dagster does not know the step holds.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from functools import partial
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -29,41 +30,7 @@ from migration_assets.defs.keys import (
 )
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.defs.schema import differences_md, schema_differences
-from migration_assets.plan import MigrationPlan, TablePlan
-
-FINISH_LANES = 2  # target sessions a finish step uses: a second core (Supabase's smaller
-# computes have two); more would only queue behind them on such a server
-
-
-def _size(table: TablePlan) -> int:
-    """How long its index builds and ANALYZE take, roughly: bytes when the plan knows them."""
-    return table.size_bytes or table.row_estimate
-
-
-@contextmanager
-def target_lanes(context: dg.AssetExecutionContext, jobs: int) -> Iterator[int]:
-    """Connections a finish step may hold for `jobs` statements: its own slot of the target
-    pool, and one more per slot free right now (up to FINISH_LANES, never more than there
-    are jobs), claimed under this run and freed after (never waited for), so the pool's
-    limit still bounds every connection of the migration. A slot left by a killed run is
-    freed with the run's others (`defs.liveness`). Nothing to do claims nothing: a re-run
-    pays no pool round trips for it."""
-    wanted = min(FINISH_LANES, jobs)
-    storage = context.instance.event_log_storage
-    run_id, step = context.run.run_id, context.op_execution_context.op_handle
-    claims: list[str] = []
-    lanes = 1
-    try:
-        while lanes < wanted and storage.supports_global_concurrency_limits:
-            claims.append(f"{step}[lane {lanes}]")
-            claim = storage.claim_concurrency_slot(TARGET_POOL, run_id, claims[-1])
-            if not claim.is_claimed:
-                break  # the claim waits in the pool's queue: withdrawn below
-            lanes += 1
-        yield lanes
-    finally:
-        for key in claims:
-            storage.free_concurrency_slot_for_step(run_id, key)
+from migration_assets.plan import MigrationPlan
 
 
 def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
@@ -95,35 +62,25 @@ def build_indexes_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     def supabase_indexes(
         context: dg.AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
-        return rebuild_indexes(
-            plan, source, target, partial(target_lanes, context), context.log.info
-        )
+        return rebuild_indexes(plan, source, target, context.log.info)
 
     return supabase_indexes
-
-
-Lanes = Callable[[int], AbstractContextManager[int]]  # jobs -> connections it may hold
 
 
 def rebuild_indexes(
     plan: MigrationPlan,
     source: SourceDatabase,
     target: TargetDatabase,
-    lanes: Lanes,
     log: Callable[[str], None],
 ) -> dg.MaterializeResult[None]:
     """What materializing `supabase_indexes` does, for its step and the cutover's final delta
     alike: constraints and deferred indexes back, then the schema proven equal to the source's
     (the result carries that check's verdict)."""
-    # the largest tables' indexes first, so that both lanes stay busy to the end
-    size = {(t.schema_name, t.name): _size(t) for t in plan.tables}
     with as_failure("index rebuild"), target.connect() as conn:
         held = recorded_constraints(conn)
         restore_constraints(conn, held)  # NOT VALID: nothing scanned, instant
-        pending = sorted(recorded(conn), key=lambda i: -size.get((i.schema, i.table), 0))
-        groups = index_groups(pending)  # a second lane is of use only with two groups
-        with lanes(len(groups)) as held_lanes:
-            restore_indexes(conn, groups, target.connect, held_lanes)
+        pending = recorded(conn)
+        restore_indexes(conn, index_groups(pending), target.connect)  # on this connection
         drop_if_empty(conn)
     log(f"{len(pending)} deferred index(es) rebuilt, {len(held)} constraint(s) added back")
     with as_failure("index check"):
@@ -131,7 +88,6 @@ def rebuild_indexes(
     return dg.MaterializeResult(
         metadata={
             "indexes_rebuilt": len(pending),
-            "connections": held_lanes,  # to the target: its pool slot's and any then free
             "rebuilt": dg.MetadataValue.md(
                 "\n".join(f"- {i.schema}.{i.name} on {i.table}" for i in pending) or "none"
             ),
@@ -172,7 +128,7 @@ def build_sequences_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
     def supabase_sequences(
         context: dg.AssetExecutionContext, source: SourceDatabase, target: TargetDatabase
     ) -> dg.MaterializeResult[None]:
-        return set_sequences(plan, source, target, partial(target_lanes, context), context.log.info)
+        return set_sequences(plan, source, target, context.log.info)
 
     return supabase_sequences
 
@@ -181,19 +137,17 @@ def set_sequences(
     plan: MigrationPlan,
     source: SourceDatabase,
     target: TargetDatabase,
-    lanes: Lanes,
     log: Callable[[str], None],
 ) -> dg.MaterializeResult[None]:
     """What materializing `supabase_sequences` does, for its step and the cutover's final
     delta alike: every sequence past the source's, then ANALYZE of what changed."""
     every = [(s.qualified, s.table, s.column) for s in plan.sequences]
-    tables = [(t.schema_name, t.name) for t in sorted(plan.tables, key=lambda t: -_size(t))]
+    tables = [(t.schema_name, t.name) for t in plan.tables]
     with as_failure("sequences"), source.connect() as src, target.connect() as tgt:
         written, advanced = sync_sequences(src, tgt, every)
         tgt.commit()
         due = stale(tgt, tables)
-        with lanes(len(due)) as held_lanes:
-            seconds = analyze(tgt, due, target.connect, held_lanes)
+        seconds = analyze(tgt, due, target.connect)  # on this connection
         analyzed = len(due)
     log(
         f"{written} sequence(s) set; {analyzed} table(s) analyzed, "
@@ -205,7 +159,6 @@ def set_sequences(
             "tables_analyzed": len(tables),  # each has statistics taken after its load
             "analyzed_now": analyzed,  # the others' rows had not changed since
             "analyze_seconds": round(seconds, 3),
-            "connections": held_lanes,  # ANALYZEs at once: its pool slot's and any then free
             "advanced_past_source": dg.MetadataValue.md(
                 "\n".join(f"- {a}" for a in advanced) or "none"
             ),

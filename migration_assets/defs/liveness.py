@@ -8,7 +8,8 @@ our local path cannot. So every run that touches the target beats: while its tar
 is open it stamps the run with the time every few seconds, in the instance's storage, which
 every host shares. A STARTED run whose stamp is older than `LOST_AFTER_SECONDS` lost its
 worker, wherever it ran: the `lost_migration_runs` sensor (in the daemon) and `migrate`
-(before it plans work) fail it and free its pool slots.
+(before it plans work) fail it and free its pool slots (through `defs.compat`: Dagster has
+no public API for either).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from migration_assets.defs.compat import fail_run, free_pool_slots, pool_holders
 from migration_assets.defs.keys import TARGET_POOL
 
 HEARTBEAT_TAG = "migration_assets/heartbeat"
@@ -83,14 +85,15 @@ def reap_lost_runs(
     for flight in in_flight(instance):
         age = flight.age(now)
         if age is not None and age > lost_after:
-            instance.report_run_failed(
+            fail_run(
+                instance,
                 flight.run,
                 f"the run's worker stopped (no heartbeat for {age:.0f} s): killed, or its host "
                 "went away. Its slice's transaction was rolled back on the target; the "
                 "partition is FAILED and `migrate` or 'backfill failed and missing' redoes it.",
             )
             # its pool slots would otherwise stay taken until someone frees them by hand
-            instance.event_log_storage.free_concurrency_slots_for_run(flight.run.run_id)
+            free_pool_slots(instance, flight.run.run_id)
             reaped.append(flight.run.run_id)
     return reaped
 
@@ -102,15 +105,11 @@ def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
     by `reap_lost_runs`, and nobody frees its slots: with a pool of one, every later run of the
     backfill would wait forever (run monitoring's `free_slots_after_run_end_seconds` does this
     only where run monitoring is configured)."""
-    storage = instance.event_log_storage
-    if not storage.supports_global_concurrency_limits:
-        return []
-    holders = storage.get_concurrency_info(TARGET_POOL).active_run_ids
     freed = []
-    for run_id in sorted(holders):
+    for run_id in sorted(pool_holders(instance, TARGET_POOL)):
         run = instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
-            storage.free_concurrency_slots_for_run(run_id)
+            free_pool_slots(instance, run_id)
             freed.append(run_id)
     return freed
 

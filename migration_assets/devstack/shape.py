@@ -101,7 +101,7 @@ nux:
   enabled: false
 # Steps log through the event log, never stdout; capturing stdout costs subprocesses per step.
 compute_logs:
-  module: dagster._core.storage.noop_compute_log_manager
+  module: dagster.core.storage.noop_compute_log_manager
   class: NoOpComputeLogManager
 """
 DEFAULT_TARGET_CONNECTIONS = 4

@@ -15,7 +15,6 @@ delta re-copied reads like one a partition run materialized. What one step hands
 names tables, partitions and seconds, never a row value.
 """
 
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -120,12 +119,6 @@ def slices_recopied(
     return {**delta, "slices_recopied": copied, "rows_recopied": rows, "phases": timer.phases}
 
 
-def _own_slot(jobs: int) -> contextlib.nullcontext[int]:
-    """One connection, this step's slot of the target pool: the window's few statements
-    need no second one (the assets' steps take one more when the pool has it free)."""
-    return contextlib.nullcontext(1)
-
-
 @dg.op(
     pool=TARGET_POOL,
     description="Indexes and constraints back, sequences set, statistics fresh (the finish "
@@ -139,10 +132,10 @@ def target_finished(
 ) -> Delta:
     plan, timer = Setup.load().plan, Timer(dict(delta["phases"]))
     with timer.phase("indexes and sequences"), stays_frozen():
-        indexes = rebuild_indexes(plan, source, target, _own_slot, context.log.info)
+        indexes = rebuild_indexes(plan, source, target, context.log.info)
         failed = _failing(record_result(context, INDEXES_KEY, indexes))
         if not failed:
-            sequences = set_sequences(plan, source, target, _own_slot, context.log.info)
+            sequences = set_sequences(plan, source, target, context.log.info)
             record_result(context, SEQUENCES_KEY, sequences)
             ahead = [sequences_ahead_result(plan, target)]
             failed = _failing(record_checks(context, SEQUENCES_KEY, ahead))

@@ -6,11 +6,9 @@ and starts its workers before its own second of importing Dagster (`engine.local
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from migration_assets.private import private_dir, write_private
 from migration_assets.settings import Settings
@@ -25,7 +23,7 @@ FRESH_HOME_YAML = """\
 telemetry:
   enabled: false
 compute_logs:
-  module: dagster._core.storage.noop_compute_log_manager
+  module: dagster.core.storage.noop_compute_log_manager
   class: NoOpComputeLogManager
 """
 
@@ -54,72 +52,28 @@ def prepare_process(settings: Settings, plan_path: Path) -> None:
 
 
 def open_instance() -> dg.DagsterInstance:
-    """The instance at DAGSTER_HOME, with a small storage connection pool.
+    """The instance at DAGSTER_HOME, with a small storage connection pool and the storage's
+    answers about its own schema remembered (both in `defs.compat`: no public API has them).
 
-    dagster-postgres opens a new connection for every storage call by default (NullPool),
-    about 70 per run: more than the copy of a small slice costs. A long-lived process may
-    hold a small pool, as the webserver does.
+    Measured with `benchmarks/run.py --small-only` (14 one-slice tables): without both, a
+    cold migrate took 3.5x as long (Dagster's bookkeeping 2.7 s per run instead of 0.3 s);
+    with the pool alone, its runs still spent about twice as long in Dagster's bookkeeping.
     """
     import dagster as dg
 
+    from migration_assets.defs.compat import pool_storage_connections, remember_storage_schema
+
     instance = dg.DagsterInstance.get()
-    instance.optimize_for_webserver(statement_timeout=120_000, pool_recycle=3600, max_overflow=4)
-    remember_schema(instance)
+    pool_storage_connections(instance)
+    remember_storage_schema(instance)
     return instance
-
-
-# Storage methods that ask the database whether one of the storage's own tables or columns
-# exists, on every call: per partition run, about 60 catalog reflections, and a second
-# connection opened and closed for each materialization (`has_table` runs inside a
-# transaction that already holds the pool's one connection).
-SCHEMA_PROBES = {
-    "event_log_storage": ("has_table", "has_asset_key_col"),
-    "run_storage": (
-        "has_run_stats_index_cols",
-        "has_backfill_id_column",
-        "has_bulk_actions_selector_cols",
-        "has_bulk_action_job_name_column",
-        "has_backfill_tags_table",
-    ),
-}
-
-
-def remember_schema(instance: dg.DagsterInstance) -> None:
-    """Answer "yes" from memory once the storage has said it: a table or column that exists
-    does not vanish while a command runs, and one that is missing is asked about again (an
-    upgrade may add it). A probe this version of Dagster lacks is skipped."""
-    for storage_name, probes in SCHEMA_PROBES.items():
-        storage = getattr(instance, storage_name)
-        for name in probes:
-            probe = getattr(storage, name, None)
-            if callable(probe):
-                setattr(storage, name, _remember_yes(probe))
-
-
-def _remember_yes(probe: Callable[..., bool]) -> Callable[..., bool]:
-    known: set[tuple[Any, ...]] = set()
-
-    @functools.wraps(probe)
-    def remembered(*args: Any, **kwargs: Any) -> bool:
-        question = (args, tuple(sorted(kwargs.items())))
-        if question in known:
-            return True
-        found = bool(probe(*args, **kwargs))
-        if found:
-            known.add(question)
-        return found
-
-    return remembered
 
 
 def apply_pool_limit(instance: dg.DagsterInstance, limit: int) -> bool:
     """Set the `supabase_target` pool's limit: every step that touches the target holds one
     slot while it runs, whichever process or host runs it. False when the instance's storage
     cannot enforce pools (then the limit is only as good as the worker count)."""
+    from migration_assets.defs.compat import set_pool_limit
     from migration_assets.defs.keys import TARGET_POOL
 
-    storage = instance.event_log_storage
-    if not storage.supports_global_concurrency_limits:
-        return False
-    storage.set_concurrency_slots(TARGET_POOL, limit)
-    return True
+    return set_pool_limit(instance, TARGET_POOL, limit)

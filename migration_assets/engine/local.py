@@ -215,9 +215,9 @@ def _worker(
         done.put(_execute(session, spec))
 
 
-# imported while waiting to be released; a missing one (another Dagster, SQLite storage)
-# is only imported later, when the instance opens
-_STORAGE_MODULES = ("dagster._core.storage.base_storage", "dagster_postgres")
+# imported while waiting to be released: PostgreSQL storage brings Dagster's storage classes
+# with it; without it (SQLite storage) they are only imported when the instance opens
+_STORAGE_MODULES = ("dagster_postgres",)
 
 
 def _execute(session: Session, spec: RunSpec) -> list[Outcome]:

@@ -3,7 +3,7 @@
 Its daemon's backfill and run-queue loops, its run coordinator and its run launcher decide
 where each run executes (a process per run, a Kubernetes job, an ECS task): this module
 only submits and follows. No public Dagster API creates an asset backfill without the
-GraphQL server, so this is the one place that uses Dagster's internal backfill classes.
+GraphQL server: `defs.compat` does it with Dagster's internal backfill classes.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.execution.backfill import (
+
+from migration_assets.db.errors import MigrationError
+from migration_assets.defs.compat import (
     BULK_ACTION_TERMINAL_STATUSES,
     BulkActionStatus,
     PartitionBackfill,
+    add_asset_backfill,
 )
-from dagster._core.utils import make_new_backfill_id
-
-from migration_assets.db.errors import MigrationError
 from migration_assets.engine.home import apply_pool_limit
 from migration_assets.engine.session import TAG_LAUNCHED_BY, Session, failure_text, raised
 from migration_assets.engine.work import HEAD, TAIL, RunSpec
@@ -63,25 +61,19 @@ def submit(session: Session, slices: list[RunSpec], *, force: bool) -> str:
             "--submit with --force is not supported: a backfill cannot pass per-run config. "
             "Use --resync (re-copies every slice that differs) or run --force locally."
         )
-    graph = session.defs.resolve_asset_graph()
-    wanted = {AssetKeyPartitionKey(key, None) for key in (*HEAD, *TAIL)}
-    wanted |= {AssetKeyPartitionKey(s.assets[0], s.partition) for s in slices}
-    backfill_id = make_new_backfill_id()
-    backfill = PartitionBackfill.from_asset_graph_subset(
-        backfill_id=backfill_id,
-        backfill_timestamp=time.time(),
-        tags={TAG_LAUNCHED_BY: "cli --submit"},
-        dynamic_partitions_store=session.instance,
-        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(wanted, graph),
-        title="migration-assets migrate --submit",
-        description=f"{len(slices)} partition(s), with the schema, indexes and sequences",
-        run_config=None,
-    )
     # the instance's default pool limit is not the operator's: the backfill's runs, on whatever
     # hosts, must hold the target to MIGRATION_TARGET_CONNECTIONS, as a local `migrate` does
     apply_pool_limit(session.instance, session.settings.migration_target_connections)
-    session.instance.add_backfill(backfill)
-    return backfill_id
+    wanted: list[tuple[dg.AssetKey, str | None]] = [(key, None) for key in (*HEAD, *TAIL)]
+    wanted += [(s.assets[0], s.partition) for s in slices]
+    return add_asset_backfill(
+        session.instance,
+        session.defs,
+        wanted,
+        tags={TAG_LAUNCHED_BY: "cli --submit"},
+        title="migration-assets migrate --submit",
+        description=f"{len(slices)} partition(s), with the schema, indexes and sequences",
+    )
 
 
 class DaemonStoppedError(MigrationError):
