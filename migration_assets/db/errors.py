@@ -57,6 +57,7 @@ _DATA_CLASSES = {
 RAISED = "a trigger or function raised an error"
 # function names in an error's CONTEXT (its other lines may quote statements and values)
 _FUNCTION = re.compile(r"\b(?:PL/\w+|SQL) function ([^\s(]+)\(")
+_RAISE = re.compile(r"\bfunction [^\n]* at RAISE\b")  # a RAISE statement's CONTEXT line
 
 
 class MigrationError(Exception):
@@ -73,7 +74,7 @@ def safe_message(exc: BaseException) -> str:
     diag = exc.diag
     code = diag.sqlstate or getattr(exc, "sqlstate", None) or ""
     functions = _FUNCTION.findall(diag.context or "")
-    if _is_data_error(code, functions):
+    if _is_data_error(code, diag.context or ""):
         parts = [_explanation(code, functions)]
     else:
         primary = diag.message_primary or (str(exc).splitlines()[0] if str(exc) else "")
@@ -88,13 +89,15 @@ def safe_message(exc: BaseException) -> str:
 
 
 def raised_in_function(exc: BaseException) -> bool:
-    """Did the error come out of a trigger or function (someone else's code and words)?"""
-    return isinstance(exc, psycopg.Error) and bool(_FUNCTION.search(exc.diag.context or ""))
+    """Was the error RAISEd by a trigger or function (someone else's code and words)?"""
+    return isinstance(exc, psycopg.Error) and bool(_RAISE.search(exc.diag.context or ""))
 
 
-def _is_data_error(code: str, functions: list[str]) -> bool:
-    """About the rows, or said by code of someone else's: only our words may pass."""
-    return code[:2] in _DATA_CLASSES or code.startswith("P0") or bool(functions)
+def _is_data_error(code: str, context: str) -> bool:
+    """About the rows, or said by code of someone else's: only our words may pass. An error
+    PostgreSQL itself raised inside a function (a cancelled pg_sleep, a missing table) says
+    nothing of rows and keeps its own words."""
+    return code[:2] in _DATA_CLASSES or code.startswith("P0") or bool(_RAISE.search(context))
 
 
 def _explanation(code: str, functions: list[str]) -> str:
