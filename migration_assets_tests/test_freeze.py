@@ -166,8 +166,7 @@ def test_freeze_problem_names_the_grants_a_role_lacks(
             assert f"GRANT pg_signal_backend TO {SOURCE_ROLE};" in owner_problem
             assert freeze_problem(admin) is None  # superuser
         # only its own role's sessions open: the owner ends those itself, nothing to grant
-        assert stack.source is not None
-        sessions_gone(stack.source.admin_conninfo(database), [other_pid], what="the other role's")
+        sessions_gone(admin, [other_pid], what="the other role's")
         assert _as_role(admin, SOURCE_ROLE) is None
     finally:
         admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

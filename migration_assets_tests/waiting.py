@@ -31,30 +31,22 @@ def wait_until[T](condition: Callable[[], T], timeout: float, what: str, every: 
 
 
 def sessions_gone(
-    conninfo: str, pids: Iterable[int], timeout: float = 60, what: str = "server sessions"
+    conn: psycopg.Connection[Any],
+    pids: Iterable[int],
+    timeout: float = 60,
+    what: str = "server sessions",
 ) -> None:
-    """Every backend in `pids` has ended (its client closing is not its end)."""
+    """Every backend in `pids` has ended (its client closing is not its end). Asked over
+    `conn`, an open autocommit session: a session opened to ask would be one more to end."""
     wanted = [int(p) for p in pids]
 
     def gone() -> bool:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [wanted]
-            ).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [wanted]
+        ).fetchone()
         return row == (0,)
 
     wait_until(gone, timeout, f"{what} {wanted} to end")
-
-
-def sessions_of(conn: psycopg.Connection[Any], **where: str) -> list[int]:
-    """Backends of pg_stat_activity matching every `column=value` (besides `conn`'s own)."""
-    columns = sorted(where)
-    clause = " AND ".join(f"{c} = %s" for c in columns) or "true"  # names are ours, not input
-    rows = conn.execute(
-        f"SELECT pid FROM pg_stat_activity WHERE {clause} AND pid <> pg_backend_pid()",
-        [where[c] for c in columns],
-    ).fetchall()
-    return [int(r[0]) for r in rows]
 
 
 def process_gone(proc: subprocess.Popen[Any] | int, timeout: float = 60) -> None:
