@@ -139,3 +139,26 @@ def readme_engine_queries(url: str, ca_file: str, count: int = 30) -> list[int]:
         return results
 
     return asyncio.run(run())
+
+
+def tls_metadata(home: Path) -> dict[str, Any]:
+    """What the latest `tls_in_use` recorded in the instance at `home`, values as plain
+    Python; the check must have run and passed."""
+    import dagster as dg
+
+    from migration_assets.defs.keys import SCHEMA_KEY, TLS_IN_USE
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        record = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(SCHEMA_KEY, TLS_IN_USE)
+        )
+    finally:
+        instance.dispose()
+    assert record is not None, "tls_in_use did not run"
+    assert record.event is not None
+    assert record.event.dagster_event is not None
+    evaluation = record.event.dagster_event.event_specific_data
+    assert isinstance(evaluation, dg.AssetCheckEvaluation)
+    assert evaluation.passed, evaluation.metadata
+    return {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}

@@ -92,15 +92,7 @@ def _assert_the_ui_hint_reaches_this_run(
     """The printed commands name the env file, and its settings find this run's history:
     `status`, from the instance the UI would serve, counts every partition materialized."""
     assert f"set -a; . {env_file}; set +a\n  migration-assets ui" in output, output
-    status = subprocess.run(
-        [sys.executable, "-m", "migration_assets.cli", "status"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        check=False,
-        env={**os.environ, **values},
-    )
+    status = _cli(["status"], values, cwd)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "public/patients" in status.stdout, status.stdout
 
@@ -111,8 +103,14 @@ def _assert_the_kept_chain_checks(
     """With --keep, the chain's secret and both anchors stay: the check it names passes."""
     folder = reports[-1].parent
     assert f"`migration-assets report --check {folder}`" in " ".join(output.split()), output
-    checked = subprocess.run(
-        [sys.executable, "-m", "migration_assets.cli", "report", "--check", str(folder)],
+    checked = _cli(["report", "--check", str(folder)], values, cwd)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def _cli(args: list[str], values: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A command as a user runs it after `set -a; . stack.env`: only the env file's settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "migration_assets.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -120,4 +118,3 @@ def _assert_the_kept_chain_checks(
         check=False,
         env={**os.environ, **values},
     )
-    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -28,14 +28,13 @@ from migration_assets.defs.keys import (
     SCHEMA_KEY,
     SEQUENCES_KEY,
     TARGET_POOL,
-    TLS_IN_USE,
 )
 from migration_assets.devstack.binaries import pg_bin_dir
 from migration_assets.devstack.cluster import free_port
 from migration_assets.plan import load_plan
 from migration_assets.settings import SETTING_NAMES
 from migration_assets_tests.conftest import REPO_ROOT, Migration, MigrationFactory
-from migration_assets_tests.helpers import assert_equal_databases, run_cli
+from migration_assets_tests.helpers import assert_equal_databases, run_cli, tls_metadata
 
 pytestmark = pytest.mark.integration
 
@@ -90,21 +89,6 @@ def with_params(url: str, **changes: str) -> str:
     params = parse_dsn(url)
     params.update(changes)
     return display_url(params, mask=False)
-
-
-def tls_metadata(c: Case) -> dict[str, object]:
-    """What the latest `tls_in_use` recorded, values as plain Python."""
-    with c.instance() as instance:
-        record = instance.get_latest_asset_check_evaluation_record(
-            dg.AssetCheckKey(SCHEMA_KEY, TLS_IN_USE)
-        )
-    assert record is not None, "tls_in_use did not run"
-    assert record.event is not None
-    assert record.event.dagster_event is not None
-    evaluation = record.event.dagster_event.event_specific_data
-    assert isinstance(evaluation, dg.AssetCheckEvaluation)
-    assert evaluation.passed, evaluation.metadata
-    return {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
 
 
 def without_sslrootcert(url: str) -> str:
@@ -169,7 +153,7 @@ def _source_sslrootcert(c: Case) -> None:
     c.plan()
     code, output = c.migrate()
     assert code == 0, output
-    meta = tls_metadata(c)
+    meta = tls_metadata(c.m.dagster_home)
     assert meta["source_sslmode"] == "verify-full", meta
     assert str(meta["source_protocol"]).startswith("TLSv1."), meta
 
@@ -185,7 +169,7 @@ def _source_tls(c: Case) -> None:
     c.plan()
     code, output = c.migrate()
     assert code == 0, output
-    meta = tls_metadata(c)
+    meta = tls_metadata(c.m.dagster_home)
     assert meta["source_tls_policy"] == "unverified", meta
     assert meta["source_cipher"] == "none", meta
     assert meta["source_protocol"] == "none", meta

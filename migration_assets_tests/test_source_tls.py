@@ -6,19 +6,16 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import dagster as dg
 import psycopg
 import pytest
 
 from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.errors import MigrationError
-from migration_assets.defs.keys import SCHEMA_KEY, TLS_IN_USE
 from migration_assets.defs.resources import SourceDatabase
 from migration_assets.devstack.stack import DevStack
 from migration_assets_tests.conftest import Databases, MigrationFactory
-from migration_assets_tests.helpers import run_cli
+from migration_assets_tests.helpers import run_cli, tls_metadata
 from migration_assets_tests.waiting import wait_until
 
 REMOTE = "clinic-db.example.org"  # never resolved: hostaddr says where libpq connects
@@ -137,20 +134,6 @@ def test_the_cli_refuses_a_non_local_source_before_connecting(
     assert not any(m.dagster_home.iterdir()), "nothing of a run was started"
 
 
-def _tls_metadata(home: Path) -> dict[str, Any]:
-    instance = dg.DagsterInstance.from_config(str(home))
-    record = instance.get_latest_asset_check_evaluation_record(
-        dg.AssetCheckKey(SCHEMA_KEY, TLS_IN_USE)
-    )
-    assert record is not None, "tls_in_use did not run"
-    assert record.event is not None
-    assert record.event.dagster_event is not None
-    evaluation = record.event.dagster_event.event_specific_data
-    assert isinstance(evaluation, dg.AssetCheckEvaluation)
-    assert evaluation.passed, evaluation.metadata
-    return {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("how", ["loopback, CA in the URL", "non-local name, SOURCE_SSLROOTCERT"])
 def test_a_source_reached_over_verified_tls_is_recorded_with_the_target(
@@ -182,7 +165,7 @@ def test_a_source_reached_over_verified_tls_is_recorded_with_the_target(
     assert code == 0, output
     code, output = run_cli(["migrate", "--workers", "1"])
     assert code == 0, output
-    meta = _tls_metadata(m.dagster_home)
+    meta = tls_metadata(m.dagster_home)
     assert meta["ssl"] is True
     assert str(meta["protocol"]).startswith("TLSv1.")
     assert meta["cipher"] != "none"
