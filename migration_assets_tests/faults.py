@@ -131,22 +131,33 @@ class TcpProxy:
                 self.refused.append(f"{time.strftime('%H:%M:%S')} upstream connect: {exc!r}")
                 client.close()
                 continue
+            # the timeout was for connecting only: a server slow to read (a slowed COPY on a
+            # busy machine) must hold the bytes back, as a network does, not end the pump
+            server.settimeout(None)
             with self._lock:
                 self._pairs.append((client, server))
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            while not self._stop.is_set():
-                if self._hang.is_set():
-                    time.sleep(0.05)
-                    continue
-                ready, _, _ = select.select([a, b], [], [], 0.1)
-                for src in ready:
-                    data = src.recv(65536)
-                    if not data:
-                        return
-                    (b if src is a else a).sendall(data)
+        """Bytes both ways until either side closes; then both are closed, as a TCP link
+        ends for both of its ends: a pump that stopped silently would leave a connection
+        that neither moves nor breaks."""
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                while not self._stop.is_set():
+                    if self._hang.is_set():
+                        time.sleep(0.05)
+                        continue
+                    ready, _, _ = select.select([a, b], [], [], 0.1)
+                    for src in ready:
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        (b if src is a else a).sendall(data)
+        finally:
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     def cut(self) -> None:
         with self._lock:
