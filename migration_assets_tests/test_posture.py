@@ -150,14 +150,13 @@ def test_loaded_tables_are_analyzed_before_the_readiness_check(
         ).fetchone()
     assert never == (0,), "a migrated table has no statistics of ours"
     instance = dg.DagsterInstance.from_config(str(m.dagster_home))
-    assert _metadata(instance, SEQUENCES_KEY)["connections"] == 2, "ANALYZE used one session"
+    assert _metadata(instance, SEQUENCES_KEY)["analyzed_now"] == len(plan.tables)
     pool = instance.event_log_storage.get_concurrency_info(TARGET_POOL)
     assert (pool.claimed_slots, pool.pending_steps) == ([], []), "a finish step kept a slot"
     code, output = run_cli(["migrate", "--workers", "1"])  # nothing moved: nothing re-sampled
     assert code == 0, output
     meta = _metadata(instance, SEQUENCES_KEY)
     assert (meta["analyzed_now"], meta["tables_analyzed"]) == (0, len(plan.tables)), meta
-    assert meta["connections"] == 1, "nothing to ANALYZE, yet a second slot was claimed"
 
     code, output = run_cli(["verify"])
     assert code == 0, output
