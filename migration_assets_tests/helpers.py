@@ -9,10 +9,13 @@ import sys
 from collections.abc import Iterable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 SCHEMAS = ("public", "reference")
 # Small slices: the seeded clinic's bigger tables split into several partitions each.
@@ -139,6 +142,21 @@ def readme_engine_queries(url: str, ca_file: str, count: int = 30) -> list[int]:
         return results
 
     return asyncio.run(run())
+
+
+def open_first(home: Path) -> dg.DagsterInstance:
+    """The instance at `home`, for a test to open *before* it starts a process that shares it.
+
+    Dagster creates an empty home's SQLite storage on first open, and two first opens at
+    once (this test and a `migrate` it just started) can stamp the storage's schema twice:
+    every later open then fails with "alembic_version has more than one head". Seen once in
+    a full run on a loaded machine. `migrate`'s own workers wait for the same reason."""
+    import dagster as dg
+
+    from migration_assets.engine.home import prepare_dagster_home
+
+    prepare_dagster_home(home)
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def tls_metadata(home: Path) -> dict[str, Any]:

@@ -2,8 +2,12 @@
 (SQLite storage in a temporary DAGSTER_HOME, which has pools): each entry does what its
 callers rely on, so a Dagster upgrade that breaks one fails here, by name."""
 
+import multiprocessing as mp
+import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -125,3 +129,34 @@ def test_each_check_s_latest_execution_is_found_and_an_unknown_one_is_not(
     found = latest_check_executions(instance, [known, never])
     assert set(found) == {known}
     assert found[known].status == AssetCheckExecutionRecordStatus.SUCCEEDED
+
+
+def _open_when_all_are_ready(home: str, ready: Any, failures: Any) -> None:
+    os.environ["DAGSTER_HOME"] = home
+    from migration_assets.engine.home import open_instance
+
+    ready.wait()
+    try:
+        open_instance().dispose()
+    except Exception as exc:  # the race's two faces: "already exists", "more than one head"
+        failures.put(f"{type(exc).__name__}: {str(exc)[:120]}")
+
+
+def test_commands_started_together_on_an_empty_home_both_open_it(tmp_path: Path) -> None:
+    """`ui` and `migrate` started at the same moment: without the lock one of them failed
+    (or both did), and the storage could be left stamped twice for every later command."""
+    prepare_dagster_home(tmp_path)
+    ctx = mp.get_context("spawn")
+    ready, failures = ctx.Barrier(3), ctx.Queue()
+    openers = [
+        ctx.Process(target=_open_when_all_are_ready, args=(str(tmp_path), ready, failures))
+        for _ in range(3)
+    ]
+    for proc in openers:
+        proc.start()
+    for proc in openers:
+        proc.join(timeout=120)
+    assert [p.exitcode for p in openers] == [0, 0, 0]
+    assert failures.empty(), failures.get()
+    with sqlite3.connect(tmp_path / "schedules" / "schedules.db") as db:
+        assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)

@@ -21,6 +21,7 @@ from migration_assets_tests.helpers import (
     PLAN_ARGS,
     assert_equal_databases,
     cli_process,
+    open_first,
     plan_and_migrate,
     readme_engine_queries,
     run_cli,
@@ -162,7 +163,7 @@ def test_a_cutover_killed_after_the_freeze_is_finished_by_the_next_one(
 def _kill_at_step(m: Migration, args: list[str], job: str, step: str, cwd: Path) -> str:
     """Start `migration-assets *args`, SIGKILL its whole process group as soon as the
     instance records that `step` of `job` started; the killed run's phase in the state file."""
-    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
+    instance = open_first(m.dagster_home)
     proc = cli_process(args, m.env(), cwd)
 
     def started() -> bool:

@@ -37,7 +37,13 @@ from migration_assets_tests.faults import (
     speed_up,
     wait_for_copy,
 )
-from migration_assets_tests.helpers import PLAN_ARGS, assert_equal_databases, cli_process, run_cli
+from migration_assets_tests.helpers import (
+    PLAN_ARGS,
+    assert_equal_databases,
+    cli_process,
+    open_first,
+    run_cli,
+)
 from migration_assets_tests.waiting import process_gone, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -169,8 +175,8 @@ def test_source_changes_during_the_run_are_caught_and_resynced(
     _prepare(m, slow=0.002)
     plan = load_plan(m.plan_path)
     patients = plan.table("public.patients")
+    instance = open_first(m.dagster_home)
     proc = _start(m, isolated_cwd)
-    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
     key = dg.AssetKey(patients.asset_path)
     partitions = dg.StaticPartitionsDefinition(patients.partition_keys)
 

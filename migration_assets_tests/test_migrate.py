@@ -42,6 +42,7 @@ from migration_assets_tests.helpers import (
     PLAN_ARGS,
     assert_equal_databases,
     cli_process,
+    open_first,
     row_locations,
     run_cli,
 )
@@ -170,8 +171,8 @@ def test_sigkill_mid_run_then_resume_redoes_only_unverified(
     _plan(m, "--rows-per-partition", "150", "--min-partitions", "6")
     plan = load_plan(m.plan_path)
     total = plan.total_partitions()
+    instance = open_first(m.dagster_home)
     proc = cli_process(["migrate", "--workers", "1"], m.env(), isolated_cwd)
-    instance = dg.DagsterInstance.from_config(str(m.dagster_home))
 
     def four_done() -> bool:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""

@@ -139,6 +139,7 @@ def queued_instance(
 def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
     """`dagster-daemon run -w workspace.yaml` in its own session, with the same settings."""
     log = (q.cwd / f"daemon_{unique('log')}.txt").open("w")
+    instance = q.instance()  # first, so the daemon's first open of the storage is not beside it
     proc = subprocess.Popen(
         [str(DAEMON), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
         env={**os.environ, **q.env},
@@ -149,7 +150,6 @@ def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
         start_new_session=True,
     )
     try:
-        instance = q.instance()
         wait_until(
             lambda: proc.poll() is not None or "BACKFILL" in instance.get_daemon_heartbeats(),
             180,

@@ -6,7 +6,10 @@ and starts its workers before its own second of importing Dagster (`engine.local
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,10 +66,29 @@ def open_instance() -> dg.DagsterInstance:
 
     from migration_assets.defs.compat import pool_storage_connections, remember_storage_schema
 
-    instance = dg.DagsterInstance.get()
+    with _one_opener_at_a_time():
+        instance = dg.DagsterInstance.get()
     pool_storage_connections(instance)
     remember_storage_schema(instance)
     return instance
+
+
+@contextlib.contextmanager
+def _one_opener_at_a_time() -> Iterator[None]:
+    """Dagster creates an empty DAGSTER_HOME's storage on first open, unguarded: two commands
+    started together (`ui` in one shell, `migrate` in another) failed with "table runs
+    already exists", or stamped the storage's schema twice so that every later open failed
+    ("more than one head"). Our processes open the instance one at a time on this host."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:  # Dagster's own error names the missing setting
+        yield
+        return
+    lock = os.open(Path(home) / ".open.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def apply_pool_limit(instance: dg.DagsterInstance, limit: int) -> bool:
