@@ -102,6 +102,7 @@ class TcpProxy:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     refused: list[str] = field(default_factory=list)  # why clients were closed at once
+    ended: list[str] = field(default_factory=list)  # why each connection ended, bytes moved
 
     def __enter__(self) -> TcpProxy:
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -122,9 +123,11 @@ class TcpProxy:
         assert self._server is not None
         while not self._stop.is_set():
             try:
-                client, _ = self._server.accept()
-            except OSError:
+                client, peer = self._server.accept()
+            except OSError as exc:
+                self.ended.append(f"{time.strftime('%H:%M:%S')} accept: {exc!r}")
                 return
+            self.ended.append(f"{time.strftime('%H:%M:%S')} accepted from port {peer[1]}")
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError as exc:
@@ -142,19 +145,26 @@ class TcpProxy:
         """Bytes both ways until either side closes; then both are closed, as a TCP link
         ends for both of its ends: a pump that stopped silently would leave a connection
         that neither moves nor breaks."""
+        moved = {"up": 0, "down": 0}
+        why = "stopped"
         try:
-            with contextlib.suppress(OSError, ValueError):
-                while not self._stop.is_set():
-                    if self._hang.is_set():
-                        time.sleep(0.05)
-                        continue
-                    ready, _, _ = select.select([a, b], [], [], 0.1)
-                    for src in ready:
-                        data = src.recv(65536)
-                        if not data:
-                            return
-                        (b if src is a else a).sendall(data)
+            while not self._stop.is_set():
+                if self._hang.is_set():
+                    time.sleep(0.05)
+                    continue
+                ready, _, _ = select.select([a, b], [], [], 0.1)
+                for src in ready:
+                    data = src.recv(65536)
+                    side = "up" if src is a else "down"
+                    if not data:
+                        why = f"{'client' if src is a else 'server'} closed"
+                        return
+                    (b if src is a else a).sendall(data)
+                    moved[side] += len(data)
+        except (OSError, ValueError) as exc:
+            why = repr(exc)
         finally:
+            self.ended.append(f"{time.strftime('%H:%M:%S')} {why}, {moved}")
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()

@@ -8,6 +8,7 @@ and compares source and target independently.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -254,7 +255,11 @@ def test_a_hung_network_is_bounded_by_timeouts(
         proxy.cut()  # the server side of the silent connections ends too
         speed_up(m.target_url, SLOW_TABLE)
         code, output = run_cli(["migrate", "--workers", "1"])
-        assert code == 0, f"{output}\nproxy: {proxy.refused}; {_target_sessions(stack)}"
+        assert code == 0, (
+            f"{output}\nproxy refused {proxy.refused}, last events {proxy.ended[-10:]}; "
+            f"sockets {_sockets(proxy.port)}; "
+            f"{_target_sessions(stack)}; target log: {_log_tail(stack.target.log_file)}"
+        )
         assert_equal_databases(m.source_url, m.target_url)
 
 
@@ -267,6 +272,20 @@ def _target_sessions(stack: DevStack) -> str:
             "WHERE backend_type = 'client backend' GROUP BY 1, 2 ORDER BY 3 DESC"
         ).fetchall()
     return f"target sessions {rows}; open fds here {len(os.listdir('/proc/self/fd'))}"
+
+
+def _sockets(port: int) -> str:
+    """The kernel's view of the proxy's port, for a failure's message."""
+    if shutil.which("ss") is None:
+        return "(no ss here)"
+    found = subprocess.run(
+        ["ss", "-tanH", f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True
+    )
+    return found.stdout.strip().replace("\n", " | ")
+
+
+def _log_tail(path: Path, lines: int = 12) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture(scope="module")
