@@ -102,7 +102,7 @@ class TcpProxy:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     refused: list[str] = field(default_factory=list)  # why clients were closed at once
-    ended: list[str] = field(default_factory=list)  # why each connection ended, bytes moved
+    events: list[str] = field(default_factory=list)  # accepts, and why each pair ended (bytes)
 
     def __enter__(self) -> TcpProxy:
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -125,9 +125,9 @@ class TcpProxy:
             try:
                 client, peer = self._server.accept()
             except OSError as exc:
-                self.ended.append(f"{time.strftime('%H:%M:%S')} accept: {exc!r}")
+                self.events.append(f"{time.strftime('%H:%M:%S')} accept: {exc!r}")
                 return
-            self.ended.append(f"{time.strftime('%H:%M:%S')} accepted from port {peer[1]}")
+            self.events.append(f"{time.strftime('%H:%M:%S')} accepted from port {peer[1]}")
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError as exc:
@@ -164,7 +164,7 @@ class TcpProxy:
         except (OSError, ValueError) as exc:
             why = repr(exc)
         finally:
-            self.ended.append(f"{time.strftime('%H:%M:%S')} {why}, {moved}")
+            self.events.append(f"{time.strftime('%H:%M:%S')} {why}, {moved}")
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()
