@@ -101,8 +101,8 @@ class TcpProxy:
     _hang: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    refused: list[str] = field(default_factory=list)  # why clients were closed at once
-    events: list[str] = field(default_factory=list)  # accepts, and why each pair ended (bytes)
+    # what happened, for a failure's message: accepts, refusals, why each pair ended (bytes)
+    events: list[str] = field(default_factory=list)
 
     def __enter__(self) -> TcpProxy:
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -125,13 +125,13 @@ class TcpProxy:
             try:
                 client, peer = self._server.accept()
             except OSError as exc:
-                self.events.append(f"{time.strftime('%H:%M:%S')} accept: {exc!r}")
+                self._record(f"accept: {exc!r}")
                 return
-            self.events.append(f"{time.strftime('%H:%M:%S')} accepted from port {peer[1]}")
+            self._record(f"accepted from port {peer[1]}")
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError as exc:
-                self.refused.append(f"{time.strftime('%H:%M:%S')} upstream connect: {exc!r}")
+                self._record(f"refused: upstream connect: {exc!r}")
                 client.close()
                 continue
             # the timeout was for connecting only: a server slow to read (a slowed COPY on a
@@ -140,6 +140,9 @@ class TcpProxy:
             with self._lock:
                 self._pairs.append((client, server))
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _record(self, what: str) -> None:
+        self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         """Bytes both ways until either side closes; then both are closed, as a TCP link
@@ -164,7 +167,7 @@ class TcpProxy:
         except (OSError, ValueError) as exc:
             why = repr(exc)
         finally:
-            self.events.append(f"{time.strftime('%H:%M:%S')} {why}, {moved}")
+            self._record(f"{why}, {moved}")
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()

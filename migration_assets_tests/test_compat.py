@@ -24,6 +24,7 @@ from migration_assets.defs.compat import (
     set_pool_limit,
 )
 from migration_assets.engine.home import prepare_dagster_home
+from migration_assets_tests.helpers import open_first
 
 pytestmark = pytest.mark.unit
 
@@ -69,8 +70,7 @@ def lost() -> None:
 @pytest.fixture
 def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
     """The instance an empty DAGSTER_HOME gets from us (`prepare_dagster_home`'s YAML)."""
-    prepare_dagster_home(tmp_path)
-    with dg.DagsterInstance.from_config(str(tmp_path)) as opened:
+    with open_first(tmp_path) as opened:
         yield opened
 
 
