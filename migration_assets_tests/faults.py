@@ -1,4 +1,4 @@
-"""Fault injection for tests: a TCP proxy that cuts or hangs, slow COPYs, COPY watchers."""
+"""Fault injection for tests: a TCP proxy that cuts, a silent network, slow COPYs."""
 
 from __future__ import annotations
 
@@ -89,16 +89,38 @@ def wait_for_copy(
     return pid
 
 
+LINGER_ZERO = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}: close sends RST
+
+
+@dataclass
+class _Pair:
+    """One proxied connection; only its pump thread touches (and closes) its sockets."""
+
+    client: socket.socket
+    server: socket.socket
+    reset: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
 @dataclass
 class TcpProxy:
-    """127.0.0.1:port -> upstream. `cut()` resets every connection; `hang()` stops moving
-    bytes without closing anything (a silent network); `resume()` forwards again."""
+    """127.0.0.1:port -> upstream. `cut()` resets every connection, as a dropped route would.
+
+    Every socket is closed by the one thread that uses it, and every thread has ended when
+    `cut()` or the proxy's exit returns. A socket closed under a thread blocked on it is not
+    released: the thread keeps a descriptor number that the kernel hands to the next socket
+    this process opens. A proxy's accept thread left blocked that way served a later test's
+    listener, and reset the connection of that test's `migrate` (which runs in this process)
+    before its own proxy ever saw it."""
 
     upstream: tuple[str, int]
     port: int = 0
     _server: socket.socket | None = None
-    _pairs: list[tuple[socket.socket, socket.socket]] = field(default_factory=list)
-    _hang: threading.Event = field(default_factory=threading.Event)
+    _accepter: threading.Thread | None = None
+    _pairs: list[_Pair] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # what happened, for a failure's message: accepts, refusals, why each pair ended (bytes)
@@ -110,18 +132,27 @@ class TcpProxy:
         self._server.bind(("127.0.0.1", 0))
         self._server.listen(64)
         self.port = int(self._server.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._accepter = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
+        self._accepter.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self.cut()
+        accepter = self._accepter
+        if accepter is not None:
+            wait_until(lambda: not accepter.is_alive(), 30, "the proxy's accept thread to end")
         if self._server is not None:
             self._server.close()
 
     def _accept(self) -> None:
+        """Accepts while the proxy runs; a short select, never a blocking accept, so that it
+        sees the stop and ends before the listening socket is closed."""
         assert self._server is not None
         while not self._stop.is_set():
+            ready, _, _ = select.select([self._server], [], [], 0.1)
+            if not ready:
+                continue
             try:
                 client, peer = self._server.accept()
             except OSError as exc:
@@ -134,37 +165,45 @@ class TcpProxy:
                 self._record(f"refused: upstream connect: {exc!r}")
                 client.close()
                 continue
-            # the timeout was for connecting only: a server slow to read (a slowed COPY on a
-            # busy machine) must hold the bytes back, as a network does, not end the pump
-            server.settimeout(None)
-            with self._lock:
-                self._pairs.append((client, server))
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            pair = _Pair(client, server)
+            pair.thread = threading.Thread(target=self._pump, args=(pair,), daemon=True)
+            with self._lock:  # a cut sees every pair whose pump has started
+                pair.thread.start()
+                self._pairs.append(pair)
 
     def _record(self, what: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {what}")
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        """Bytes both ways until either side closes; then both are closed, as a TCP link
-        ends for both of its ends: a pump that stopped silently would leave a connection
-        that neither moves nor breaks."""
+    def _pump(self, pair: _Pair) -> None:
+        """Bytes both ways until either side closes or the pair is cut; then both sockets
+        are closed here, as a TCP link ends for both of its ends. Non-blocking sends of what
+        is pending, so a peer that stopped reading (a blackholed client) never holds this
+        thread where it cannot see a cut."""
+        a, b = pair.client, pair.server
+        other = {a: b, b: a}
+        pending: dict[socket.socket, bytearray] = {a: bytearray(), b: bytearray()}
         moved = {"up": 0, "down": 0}
         why = "stopped"
+        for sock in (a, b):
+            sock.setblocking(False)
         try:
-            while not self._stop.is_set():
-                if self._hang.is_set():
-                    time.sleep(0.05)
-                    continue
-                ready, _, _ = select.select([a, b], [], [], 0.1)
-                for src in ready:
-                    data = src.recv(65536)
-                    side = "up" if src is a else "down"
+            while not (pair.reset.is_set() or self._stop.is_set()):
+                readers = [s for s in (a, b) if not pending[other[s]]]  # back-pressure
+                writers = [s for s in (a, b) if pending[s]]
+                readable, writable, _ = select.select(readers, writers, [], 0.1)
+                for sock in writable:
+                    del pending[sock][: sock.send(pending[sock])]
+                for sock in readable:
+                    data = sock.recv(65536)
                     if not data:
-                        why = f"{'client' if src is a else 'server'} closed"
+                        why = f"{'client' if sock is a else 'server'} closed"
                         return
-                    (b if src is a else a).sendall(data)
-                    moved[side] += len(data)
-        except (OSError, ValueError) as exc:
+                    pending[other[sock]] += data
+                    moved["up" if sock is a else "down"] += len(data)
+            why = "cut"
+            for sock in (a, b):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+        except OSError as exc:
             why = repr(exc)
         finally:
             self._record(f"{why}, {moved}")
@@ -173,21 +212,12 @@ class TcpProxy:
                     sock.close()
 
     def cut(self) -> None:
+        """Reset every open connection (an RST each way); returns once each has ended."""
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
-            for sock in pair:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                    )
-                    sock.close()  # linger 0: an RST, as a dropped route would cause
-
-    def hang(self) -> None:
-        self._hang.set()
-
-    def resume(self) -> None:
-        self._hang.clear()
+            pair.reset.set()
+        wait_until(lambda: not any(p.alive() for p in pairs), 30, "every cut connection to end")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,6 +263,28 @@ def test_a_hung_network_is_bounded_by_timeouts(
             f"{_target_sessions(stack)}; target log: {_log_tail(stack.target.log_file)}"
         )
         assert_equal_databases(m.source_url, m.target_url)
+
+
+def test_a_proxy_leaves_no_thread_behind_to_serve_the_next_ones_port() -> None:
+    """A proxy's accept thread left blocked after its exit kept a descriptor number that the
+    next proxy's listener was given: it accepted that proxy's connections and reset them
+    (the hung-network test's last `migrate` failed so, only after other tests' proxies)."""
+    with socket.create_server(("127.0.0.1", 0)) as upstream:
+        before = set(threading.enumerate())
+        for round_ in range(3):
+            with (
+                TcpProxy(upstream.getsockname()[:2]) as proxy,
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client,
+            ):
+                served, _ = upstream.accept()
+                with served:
+                    client.sendall(b"ping")
+                    assert served.recv(4) == b"ping"
+                    proxy.cut()
+                    with pytest.raises(ConnectionResetError):
+                        client.recv(1)
+            left = set(threading.enumerate()) - before
+            assert not left, f"round {round_}: threads still running {left}"
 
 
 def _target_sessions(stack: DevStack) -> str:
