@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from migration_assets.db.dsn import parse_dsn
+
 if TYPE_CHECKING:
     import dagster as dg
 
@@ -71,6 +73,11 @@ def row_locations(url: str, table: tuple[str, str]) -> str:
         ).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def dbname(url: str) -> str:
+    """The database a URL names."""
+    return parse_dsn(url)["dbname"]
 
 
 def run_cli(args: Sequence[str]) -> tuple[int, str]:

@@ -22,6 +22,7 @@ from migration_assets_tests.helpers import (
     PLAN_ARGS,
     assert_equal_databases,
     cli_process,
+    dbname,
     open_first,
     plan_and_migrate,
     readme_engine_queries,
@@ -33,8 +34,11 @@ pytestmark = pytest.mark.integration
 
 
 def _source_frozen(m: Migration) -> bool:
-    with psycopg.connect(m.source_url) as conn:
-        return is_frozen(conn)
+    """Asked from the server's `postgres` database, as a DBA would watch: the freeze ends
+    every session of the source database opened before it, and this poll, once opened just
+    before, was ended mid-query ("server closed the connection unexpectedly")."""
+    with psycopg.connect(m.source_url, dbname="postgres") as conn:
+        return is_frozen(conn, dbname(m.source_url))
 
 
 def _last_report(m: Migration) -> dict[str, Any]:

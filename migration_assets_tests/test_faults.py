@@ -21,7 +21,6 @@ import dagster as dg
 import psycopg
 import pytest
 
-from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.db.session import Connection, Spare, open_pinned
 from migration_assets.devstack.stack import DevStack
@@ -44,6 +43,7 @@ from migration_assets_tests.helpers import (
     PLAN_ARGS,
     assert_equal_databases,
     cli_process,
+    dbname,
     open_first,
     run_cli,
 )
@@ -81,17 +81,13 @@ def _output(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str
     return proc.returncode, out
 
 
-def _dbname(url: str) -> str:
-    return parse_dsn(url)["dbname"]
-
-
 def _start_mid_copy(
     m: Migration, stack: DevStack, cwd: Path, **env: str
 ) -> tuple[subprocess.Popen[str], int]:
     """A migrate that is inside a COPY into the target: (process, that backend's pid)."""
     proc = _start(m, cwd, env=env or None)
     assert stack.target is not None
-    return proc, wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url))
+    return proc, wait_for_copy(stack.target.admin_conninfo(), dbname(m.target_url))
 
 
 def test_target_backend_terminated_mid_copy(
@@ -340,7 +336,7 @@ def test_target_server_stopped_mid_run_and_started_again(
     _prepare(m)
     proc = _start(m, isolated_cwd)
     assert own_stack.target is not None
-    wait_for_copy(own_stack.target.admin_conninfo(), _dbname(m.target_url))
+    wait_for_copy(own_stack.target.admin_conninfo(), dbname(m.target_url))
     own_stack.target.stop("fast")
     code, output = _output(proc)
     assert code == 1, output

@@ -15,24 +15,25 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migration_assets.db.dsn import parse_dsn
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.devstack.stack import TARGET_ROLE, TARGET_SUPERUSER, DevStack
 from migration_assets.plan import load_plan
 from migration_assets.settings import SettingsError, load_settings
 from migration_assets_tests.conftest import ALEMBIC_INI, Databases, Migration, MigrationFactory
 from migration_assets_tests.faults import slow_down, speed_up, wait_for_copy
-from migration_assets_tests.helpers import PLAN_ARGS, assert_equal_databases, cli_process, run_cli
+from migration_assets_tests.helpers import (
+    PLAN_ARGS,
+    assert_equal_databases,
+    cli_process,
+    dbname,
+    run_cli,
+)
 
 pytestmark = pytest.mark.integration
 
 SLOW_TABLE = "public.patients"  # 300 seeded rows: at 10 ms a row, a slice takes seconds
 SLOW_SECONDS_PER_ROW = 0.01
 LOST = "connection was lost"
-
-
-def _dbname(url: str) -> str:
-    return parse_dsn(url)["dbname"]
 
 
 def _prepare_slow(m: Migration) -> None:
@@ -50,7 +51,7 @@ def _migrate() -> tuple[int, str]:
 def _role_timeout(stack: DevStack, url: str, value: str | None) -> None:
     """ALTER ROLE postgres IN DATABASE ... SET (or RESET) statement_timeout, as superuser."""
     assert stack.target is not None
-    db, role = sql.Identifier(_dbname(url)), sql.Identifier(TARGET_ROLE)
+    db, role = sql.Identifier(dbname(url)), sql.Identifier(TARGET_ROLE)
     with psycopg.connect(stack.target.admin_conninfo(), autocommit=True) as conn:
         if value is None:
             conn.execute(
@@ -127,7 +128,7 @@ def test_a_cancelled_statement_is_not_called_a_lost_connection(
     proc = cli_process(["migrate", "--workers", "1"], m.env(), isolated_cwd)
     assert stack.target is not None
     assert stack.target is not None
-    pid = wait_for_copy(stack.target.admin_conninfo(), _dbname(m.target_url), into=SLOW_TABLE)
+    pid = wait_for_copy(stack.target.admin_conninfo(), dbname(m.target_url), into=SLOW_TABLE)
     stack.target.admin(f"SELECT pg_cancel_backend({int(pid)})")
     try:
         output, _ = proc.communicate(timeout=240)
@@ -197,13 +198,13 @@ def test_migrate_and_verify_leave_supabase_schemas_alone(
         "CREATE SCHEMA extensions; CREATE EXTENSION pgcrypto SCHEMA extensions; "
         "CREATE TABLE extensions.local_notes (id int PRIMARY KEY, note text); "
         "INSERT INTO extensions.local_notes VALUES (1, 'kept on the source')",
-        dbname=_dbname(source),
+        dbname=dbname(source),
     )
     m = migration(source_url=source)
     assert stack.target is not None
     stack.target.admin(
         "INSERT INTO auth.users (email) VALUES ('someone@example.org')",
-        dbname=_dbname(m.target_url),
+        dbname=dbname(m.target_url),
     )
     code, output = run_cli(["plan", "--out", str(m.plan_path), *PLAN_ARGS])
     assert code == 0, output
@@ -216,6 +217,6 @@ def test_migrate_and_verify_leave_supabase_schemas_alone(
     for word in ("auth.", "storage.", "extensions."):
         assert word not in output, f"verify reported Supabase's own objects: {output}"
     assert_equal_databases(source, m.target_url)
-    with psycopg.connect(stack.target.admin_conninfo(_dbname(m.target_url))) as conn:
+    with psycopg.connect(stack.target.admin_conninfo(dbname(m.target_url))) as conn:
         assert conn.execute("SELECT count(*) FROM auth.users").fetchone() == (1,)
         assert conn.execute("SELECT to_regclass('extensions.local_notes')").fetchone() == (None,)

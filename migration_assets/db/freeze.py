@@ -124,8 +124,9 @@ class FreezeRecord:
         )
 
 
-def prior_setting(conn: Connection) -> str | None:
-    """The database-level default_transaction_read_only (None if unset).
+def prior_setting(conn: Connection, database: str | None = None) -> str | None:
+    """The database-level default_transaction_read_only (None if unset) of `database`, by
+    default the connection's own.
 
     Only the database-wide entry (setrole = 0) is ours to change and restore.
     """
@@ -135,16 +136,18 @@ def prior_setting(conn: Connection) -> str | None:
             "SELECT substr(c, length(%(name)s) + 2) FROM pg_db_role_setting s"
             " JOIN pg_database d ON d.oid = s.setdatabase,"
             " unnest(s.setconfig) AS c"
-            " WHERE d.datname = current_database() AND s.setrole = 0"
+            " WHERE d.datname = coalesce(%(database)s, current_database()) AND s.setrole = 0"
             " AND c LIKE %(name)s || '=%%'",
-            {"name": READ_ONLY},
+            {"name": READ_ONLY, "database": database},
         )
     return None if value is None else str(value)
 
 
-def is_frozen(conn: Connection) -> bool:
-    """The database-level setting makes new sessions read-only (whatever any record says)."""
-    value = prior_setting(conn)
+def is_frozen(conn: Connection, database: str | None = None) -> bool:
+    """The database-level setting makes new sessions read-only (whatever any record says).
+    Asked from another database of the server (`database` named), the asking session is
+    not one the freeze ends: it ends every session of the frozen database."""
+    value = prior_setting(conn, database)
     return value is not None and value.lower() in {"on", "true", "yes", "1", "t", "y"}
 
 
