@@ -80,7 +80,7 @@ class Session:
         recorded in the instance like any other; never raises for a failed step."""
         job = self.job
         selection: list[dg.AssetKey] | None = list(spec.assets)
-        checks = spec.checks or (self._slice_checks(spec) if spec.partition else frozenset())
+        checks = self.checks_of(spec)
         if checks:
             job = job.get_subset(asset_selection=set(spec.assets), asset_check_selection=checks)
             selection = None
@@ -88,10 +88,18 @@ class Session:
             instance=self.instance,
             partition_key=spec.partition,
             asset_selection=selection,
-            run_config={**QUIET, **(run_config or self._config(spec))},
-            tags={TAG_LAUNCHED_BY: "cli", TAG_HOST: socket.gethostname(), TAG_DRIVER: self.driver},
+            run_config={**QUIET, **run_config} if run_config else self.run_config(spec),
+            tags=self.run_tags(),
             raise_on_error=False,
         )
+
+    def run_tags(self) -> dict[str, str]:
+        """Who launched a run, from where, for which command (`engine.driver`)."""
+        return {TAG_LAUNCHED_BY: "cli", TAG_HOST: socket.gethostname(), TAG_DRIVER: self.driver}
+
+    def checks_of(self, spec: RunSpec) -> frozenset[dg.AssetCheckKey]:
+        """The checks a run selects; empty: every check of its assets (the head and tail)."""
+        return spec.checks or (self._slice_checks(spec) if spec.partition else frozenset())
 
     def execute(self, spec: RunSpec, run_config: dict[str, Any] | None = None) -> Outcome:
         """One run, summarised for progress and the final report."""
@@ -108,7 +116,7 @@ class Session:
         result = self.materialize(spec)
         share = (time.perf_counter() - started) / len(spec.members)
         return [
-            summarize(member, StepResult.of(result, self._step_key(member)), share)
+            summarize(member, StepResult.of(result, self.step_key(member)), share)
             for member in spec.members
         ]
 
@@ -123,7 +131,7 @@ class Session:
             key for asset in spec.assets for key in self.defs.resolve_assets_def(asset).check_keys
         )
 
-    def _step_key(self, spec: RunSpec) -> str:
+    def step_key(self, spec: RunSpec) -> str:
         return self.defs.resolve_assets_def(spec.assets[0]).op.name
 
     def run_checks(self, tables: list[TablePlan] | None = None) -> dg.ExecuteInProcessResult:
@@ -141,11 +149,12 @@ class Session:
         config = {"ops": {"migration_audit_report": {"config": {"out_dir": str(out_dir)}}}}
         return self.materialize(RunSpec(label="audit report", assets=(REPORT_KEY,)), config)
 
-    def _config(self, spec: RunSpec) -> dict[str, Any]:
+    def run_config(self, spec: RunSpec) -> dict[str, Any]:
+        """Quiet console logs; `--force` tells the slice's op to re-copy."""
         if not spec.force:
-            return {}
+            return dict(QUIET)
         op = self.defs.resolve_assets_def(spec.assets[0]).op.name
-        return {"ops": {op: {"config": {"force": True}}}}
+        return {**QUIET, "ops": {op: {"config": {"force": True}}}}
 
 
 class RunResult(Protocol):
@@ -169,7 +178,7 @@ class StepResult:
     all_events: Sequence[dg.DagsterEvent]
 
     @classmethod
-    def of(cls, result: dg.ExecuteInProcessResult, step_key: str) -> StepResult:
+    def of(cls, result: RunResult, step_key: str) -> StepResult:
         return cls(result.run_id, [e for e in result.all_events if e.step_key == step_key])
 
     @property
