@@ -8,6 +8,7 @@ Secrets are `SecretStr`; `Settings.describe` is the only way settings are shown.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
@@ -113,6 +114,9 @@ class Settings(BaseSettings):
     # the application's alembic.ini (default: ./alembic.ini, else this repository's)
     migration_pg_bin: Path | None = Field(default=None, alias="MIGRATION_PG_BIN")
     # a PostgreSQL bin directory for pg_dump/psql and the throwaway stack
+    migration_webserver_url: str = Field(
+        default="http://127.0.0.1:3000", alias="MIGRATION_WEBSERVER_URL"
+    )  # the Dagster webserver (or `migration-assets ui`) that `migrate --submit` launches through
 
     @field_validator("migration_statement_timeout", mode="before")
     @classmethod
@@ -120,6 +124,17 @@ class Settings(BaseSettings):
         text = str(value).strip() or "0"
         parse_statement_timeout(text)  # ValueError names the setting and the forms it takes
         return text
+
+    @field_validator("migration_webserver_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "MIGRATION_WEBSERVER_URL must be the http:// or https:// address the Dagster "
+                "webserver serves, e.g. http://127.0.0.1:3000"
+            )
+        return value.strip()
 
     @model_validator(mode="after")
     def _refuse_unsafe_targets(self) -> Self:
@@ -239,6 +254,7 @@ class Settings(BaseSettings):
         shown["MIGRATION_DEFER_INDEXES_ABOVE"] = str(self.migration_defer_indexes_above)
         shown["MIGRATION_ALEMBIC_CONFIG"] = str(self.migration_alembic_config or "")
         shown["MIGRATION_PG_BIN"] = str(self.migration_pg_bin or "")
+        shown["MIGRATION_WEBSERVER_URL"] = http_origin(self.migration_webserver_url)
         return shown
 
     def export_environment(self) -> None:
@@ -254,6 +270,13 @@ class Settings(BaseSettings):
             elif isinstance(value, StrEnum):
                 value = value.value
             os.environ[field.alias] = str(value)
+
+
+def http_origin(url: str) -> str:
+    """Where a URL serves, and nothing it may also hold (a user, a password, a query)."""
+    parts = urllib.parse.urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(

@@ -15,8 +15,6 @@ import pytest
 from migration_assets.defs.checks import PARTITION_TAG
 from migration_assets.defs.compat import (
     AssetCheckExecutionRecordStatus,
-    BulkActionStatus,
-    add_asset_backfill,
     fail_run,
     free_pool_slots,
     latest_check_executions,
@@ -72,27 +70,6 @@ def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
     """The instance an empty DAGSTER_HOME gets from us (`prepare_dagster_home`'s YAML)."""
     with open_first(tmp_path) as opened:
         yield opened
-
-
-def test_a_backfill_holds_exactly_the_partitions_asked_for(instance: dg.DagsterInstance) -> None:
-    defs = dg.Definitions(assets=[head, table])
-    wanted = [(head.key, None), (table.key, "a"), (table.key, "c")]
-    backfill_id = add_asset_backfill(
-        instance, defs, wanted, tags={"who": "test"}, title="a title", description="what"
-    )
-    backfill = instance.get_backfill(backfill_id)
-    assert backfill is not None
-    assert backfill.status == BulkActionStatus.REQUESTED
-    assert (backfill.tags["who"], backfill.title, backfill.description) == (
-        "test",
-        "a title",
-        "what",
-    )
-    assert backfill.asset_backfill_data is not None
-    target = backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
-    assert sorted((p.asset_key, p.partition_key) for p in target) == sorted(
-        wanted, key=lambda pair: (pair[0], pair[1] or "")
-    )
 
 
 def test_a_step_in_a_limited_pool_holds_a_slot_that_can_be_freed(

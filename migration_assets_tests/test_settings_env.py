@@ -30,7 +30,7 @@ from migration_assets.defs.keys import (
     TARGET_POOL,
 )
 from migration_assets.devstack.binaries import pg_bin_dir
-from migration_assets.devstack.cluster import free_port
+from migration_assets.devstack.cluster import LOOPBACK, free_port
 from migration_assets.plan import load_plan
 from migration_assets.settings import SETTING_NAMES
 from migration_assets_tests.conftest import REPO_ROOT, Migration, MigrationFactory
@@ -369,6 +369,21 @@ def _pg_bin(c: Case) -> None:
     used = log.read_text().splitlines()
     assert "pg_dump --schema-only" in used, used
     assert any(line.startswith("psql ") for line in used), used
+
+
+@case("MIGRATION_WEBSERVER_URL")
+def _webserver(c: Case) -> None:
+    """`migrate --submit` launches through the webserver the .env names: none serves there,
+    so it says so, naming that address, before anything is launched or written."""
+    port = free_port()
+    c.configure(MIGRATION_WEBSERVER_URL=f"http://{LOOPBACK}:{port}")
+    c.plan()
+    code, output = run_cli(["migrate", "--submit"])
+    clear_settings()
+    flat = " ".join(output.split())
+    assert code == 2, output
+    assert f"cannot reach the Dagster webserver at http://{LOOPBACK}:{port}" in flat, output
+    assert not target_table_exists(c.m.target_url, "reference.loinc_codes")
 
 
 # ------------------------------------------------------------------------- the test

@@ -1,10 +1,11 @@
-"""`migrate --submit`: the migration as an asset backfill that the instance's daemon runs.
+"""`migrate --submit`: the runs of `migrate`, launched through the webserver, executed by
+the instance's run queue and launcher.
 
 Each test gets its own PostgreSQL-backed Dagster instance with the QueuedRunCoordinator and
 the default run launcher (a process per run), as deploy/dagster.yaml sets up production, and
-starts `dagster-daemon run -w workspace.yaml` itself when it needs one. The instance's
-default pool limit is 4 while MIGRATION_TARGET_CONNECTIONS says less: the limit the operator
-set is the one the target must see.
+starts `dagster-daemon run` and `dagster-webserver` (each `-w workspace.yaml`) itself when it
+needs them. The instance's default pool limit is 4 while MIGRATION_TARGET_CONNECTIONS says
+less: the limit the operator set is the one the target must see.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ import pytest
 
 from migration_assets.cli.ui import group_members
 from migration_assets.db.dsn import display_url, parse_dsn
+from migration_assets.db.errors import MigrationError
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import TARGET_POOL
+from migration_assets.devstack.cluster import LOOPBACK, free_port
 from migration_assets.devstack.shape import dagster_yaml
 from migration_assets.devstack.stack import DevStack
-from migration_assets.engine.submit import DAEMON_WAIT_SECONDS
+from migration_assets.engine.submit import DAEMON_WAIT_SECONDS, Webserver
 from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets_tests.conftest import (
     ALEMBIC_INI,
@@ -59,8 +62,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 YAML_POOL_LIMIT = 4  # the instance's default; the setting below must win over it
 MIGRATION_APP = "migration_assets"
 SLOW_TABLE = "public.observations"
-BACKFILL_PARTITION_TAG = "dagster/partition"
+PARTITION_TAG = "dagster/partition"
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
+WEBSERVER = Path(sys.executable).with_name("dagster-webserver")
+START_SECONDS = 240.0  # a daemon's or webserver's first start on a loaded 2-core machine
 # `migrate --submit` with a shorter bound of daemon silence than DAEMON_SILENT_SECONDS (90 s):
 # the daemon beats every 30 s, so this still tolerates one late beat, and the test waits less.
 TEST_SILENCE = 50.0
@@ -136,12 +141,11 @@ def queued_instance(
 
 
 @contextlib.contextmanager
-def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
-    """`dagster-daemon run -w workspace.yaml` in its own session, with the same settings."""
-    log = (q.cwd / f"daemon_{unique('log')}.txt").open("w")
-    instance = q.instance()  # first, so the daemon's first open of the storage is not beside it
+def _service(q: Queued, name: str, args: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A Dagster process on the workspace, in its own session, with the same settings."""
+    log = (q.cwd / f"{name}_{unique('log')}.txt").open("w")
     proc = subprocess.Popen(
-        [str(DAEMON), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+        [*args, "-w", str(REPO_ROOT / "workspace.yaml")],
         env={**os.environ, **q.env},
         cwd=q.cwd,
         stdout=log,
@@ -150,17 +154,41 @@ def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
         start_new_session=True,
     )
     try:
-        wait_until(
-            lambda: proc.poll() is not None or "BACKFILL" in instance.get_daemon_heartbeats(),
-            180,
-            "the daemon's first heartbeat",
-            every=0.5,
-        )
-        assert proc.poll() is None, f"the daemon exited: {_text(log.name)}"
         yield proc
     finally:
         _stop_group(proc)
         log.close()
+
+
+def _up(proc: subprocess.Popen[str], ready: Any, what: str) -> None:
+    wait_until(lambda: proc.poll() is not None or ready(), START_SECONDS, what, every=0.5)
+    assert proc.poll() is None, f"{what}: the process exited ({proc.args!r})"
+
+
+def _serving(webserver: Webserver) -> bool:
+    try:
+        webserver.repository()
+    except MigrationError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
+    """`dagster-daemon run` and `dagster-webserver` beside it, both up before this yields:
+    the deployment `migrate --submit` launches its runs through."""
+    instance = q.instance()  # first, so the daemon's first open of the storage is not beside it
+    port = free_port()
+    q.env["MIGRATION_WEBSERVER_URL"] = f"http://{LOOPBACK}:{port}"
+    webserver = Webserver(q.env["MIGRATION_WEBSERVER_URL"])
+    with (
+        _service(q, "daemon", [str(DAEMON), "run"]) as proc,
+        _service(q, "webserver", [str(WEBSERVER), "-h", LOOPBACK, "-p", str(port)]) as web,
+    ):
+        beats = instance.get_daemon_heartbeats
+        _up(proc, lambda: "QUEUED_RUN_COORDINATOR" in beats(), "the daemon's first heartbeat")
+        _up(web, lambda: _serving(webserver), "the webserver serving the code location")
+        yield proc
 
 
 def _text(path: str) -> str:
@@ -306,8 +334,8 @@ def test_submit_with_a_daemon_and_the_queued_coordinator_ends_equal(
         code, output = finish(q.submit(), timeout=420)
     assert not sampler.errors, sampler.errors
     assert code == 0, output
-    assert "submitted backfill" in output
-    assert "completed; every partition verified" in output
+    assert "launching the runs through the Dagster webserver" in output, output
+    assert re.search(r"migrate: \d+ partition\(s\) copied and verified, 0 failed", output), output
     assert_equal_databases(q.m.source_url, q.m.target_url)
 
     assert sampler.samples, "the sampler took no sample"
@@ -321,7 +349,7 @@ def test_submit_with_a_daemon_and_the_queued_coordinator_ends_equal(
     assert pool.slot_count == limit, f"the instance's pool allows {pool.slot_count}, not {limit}"
     pids = launched_by_the_launcher(instance)
     slice_runs = {
-        (r.dagster_run.tags.get(BACKFILL_PARTITION_TAG), r.dagster_run.asset_selection)
+        (r.dagster_run.tags.get(PARTITION_TAG), r.dagster_run.asset_selection)
         for r in instance.get_run_records()
     }
     assert len(pids) >= 3, pids  # the head, slices, the tail
@@ -357,7 +385,6 @@ def test_submit_without_a_daemon_says_so_within_seconds(
     assert "`dagster-daemon run -w workspace.yaml`" in " ".join(output.split()), output
     assert user_tables(q.m.target_url) == [], "the target was written without a daemon"
     instance = q.instance()
-    assert instance.get_backfills() == [], "a backfill was submitted that nobody would run"
     assert instance.get_run_records() == []
 
 
@@ -367,19 +394,27 @@ def test_submit_stops_following_when_the_daemon_stops_beating(
     isolated_cwd: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The daemon dies (SIGKILL, with its code server and run workers) under a followed
-    backfill: `--submit` ends within the bound, exit 2, saying to start a daemon again and
-    that the backfill is still there; the backfill is left as it was, not ended."""
+    """No webserver where MIGRATION_WEBSERVER_URL points: refused at once, nothing launched.
+    Then the daemon dies (SIGKILL, with its run workers) under a followed migration:
+    `--submit` ends within the bound, exit 2, saying to start a daemon again and that the
+    queued runs stay; nothing it launched is cancelled."""
     q = queued_instance(migration, stack, isolated_cwd, monkeypatch, target_connections=1)
     q.plan()
     instance = q.instance()
     with daemon(q) as running:
+        served = q.env["MIGRATION_WEBSERVER_URL"]
+        q.env["MIGRATION_WEBSERVER_URL"] = f"http://{LOOPBACK}:{free_port()}"
+        code, output = finish(q.submit(), timeout=120)
+        assert code == 2, output
+        assert "cannot reach the Dagster webserver" in " ".join(output.split()), output
+        assert instance.get_run_records() == [], "runs were launched without a webserver"
+        q.env["MIGRATION_WEBSERVER_URL"] = served
         proc = q.submit_watching(TEST_SILENCE)
         try:
             wait_until(
-                lambda: proc.poll() is not None or instance.get_backfills(),
+                lambda: proc.poll() is not None or instance.get_run_records(),
                 120,
-                "the submitted backfill",
+                "the first launched run",
                 every=0.5,
             )
             assert proc.poll() is None, proc.communicate()[0]
@@ -396,14 +431,14 @@ def test_submit_stops_following_when_the_daemon_stops_beating(
             process_gone(proc)
     assert code == 2, output
     said = " ".join(output.split())
-    assert "no backfill daemon heartbeat" in said, output
+    assert "no run queue heartbeat" in said, output
     assert "`dagster-daemon run -w workspace.yaml`" in said, output
-    assert "is still in the instance and resumes" in said, output
+    assert "They stay queued and start once a daemon runs again" in said, output
     # the last beat came before the kill; one poll and the CLI's exit on a loaded machine
     assert seconds < TEST_SILENCE + 20, f"ended {seconds:.0f}s after the daemon was killed"
-    (backfill,) = q.instance().get_backfills()
-    assert backfill.backfill_id in said, output
-    assert backfill.status.value == "REQUESTED", "following stopped, the backfill must not"
+    runs = q.instance().get_run_records()
+    assert runs, "nothing was launched"
+    assert dg.DagsterRunStatus.CANCELED not in {r.dagster_run.status for r in runs}
 
 
 def test_submit_exits_2_like_migrate_when_the_schema_step_cannot_run(
@@ -464,7 +499,7 @@ def _failed_keys(instance: dg.DagsterInstance, plan: MigrationPlan) -> dict[str,
     return {table: keys for table, keys in found.items() if keys}
 
 
-def test_a_run_killed_mid_slice_in_a_backfill_is_redone(
+def test_a_run_killed_mid_slice_is_failed_and_redone(
     migration: MigrationFactory,
     stack: DevStack,
     isolated_cwd: Path,
@@ -500,7 +535,8 @@ def test_a_run_killed_mid_slice_in_a_backfill_is_redone(
     assert list(failed) == [SLOW_TABLE], failed
     assert len(failed[SLOW_TABLE]) == 1, failed
     assert code == 1, output
-    assert "ended COMPLETED_FAILED" in output, output
+    assert "1 failed" in output, output
+    assert "failed partitions are FAILED" in output, output
     assert _failed_keys(q.instance(), plan) == failed, "other slices failed too"
 
     code, output = run_cli(["migrate", "--workers", "1"])

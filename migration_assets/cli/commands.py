@@ -109,39 +109,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _submit(session: Session, args: argparse.Namespace) -> int:
-    from migration_assets.db.errors import MigrationError
-    from migration_assets.engine.migrate import settle_in_flight
-    from migration_assets.engine.submit import (
-        DaemonStoppedError,
-        daemon_problem,
-        follow,
-        head_failure,
-        submit,
-        succeeded,
-    )
-    from migration_assets.engine.work import HEAD, TAIL, partition_statuses, slice_runs
+    """The runs of `migrate`, launched through the webserver as each one's inputs are done:
+    the same summary and exit codes as `migrate`."""
+    from migration_assets.engine.migrate import migrate
+    from migration_assets.engine.submit import DaemonStoppedError, connect_remote
 
-    problem = daemon_problem(session.instance)
-    if problem:
-        raise MigrationError(problem)
-    settle_in_flight(session)
-    statuses = partition_statuses(session.instance, session.plan)
-    slices, done = slice_runs(session.plan, statuses, every=args.resync)
-    backfill_id = submit(session, slices, force=args.force)
+    remote = connect_remote(session)
     out.print(
-        f"submitted backfill {backfill_id}: {len(slices)} partition(s) with the schema, "
-        "indexes, sequences and audit report; the instance's run queue and launcher execute "
-        "it. Following it (Ctrl-C stops following, not the backfill)."
+        f"launching the runs through the Dagster webserver at {remote.webserver.shown}; the "
+        "instance's run queue and launcher execute them (Ctrl-C stops launching; runs "
+        "already launched go on)."
     )
     progress = MigrateProgress()
-    progress.start(len(slices) + len(HEAD) + len(TAIL), done)
     try:
-        final = follow(session, backfill_id, progress.backfill)
+        report = migrate(
+            session,
+            force=args.force,
+            resync=args.resync,
+            on_start=progress.start,
+            on_done=progress.done,
+            remote=remote,
+        )
     except KeyboardInterrupt:
         progress.stop()
         out.print(
-            f"stopped following; backfill {backfill_id} goes on. Watch it in the UI or with "
-            "`migration-assets status`."
+            "stopped launching; the runs already launched go on (see the UI or "
+            "`migration-assets status`). Once they have ended, `migrate --submit` launches "
+            "only what is not verified."
         )
         return 130
     except DaemonStoppedError as exc:
@@ -150,22 +144,7 @@ def _submit(session: Session, args: argparse.Namespace) -> int:
         err.print(str(exc), markup=False, soft_wrap=True)
         return EXIT_CONFIG
     progress.stop()
-    statuses = partition_statuses(session.instance, session.plan)
-    code = print_status(session.plan, statuses)
-    problem = "" if succeeded(final) else head_failure(session.instance, backfill_id)
-    if problem:
-        err.print("[bold red]preflight or schema step failed; no data was copied.[/]")
-        err.print(problem, markup=False, soft_wrap=True)
-        return EXIT_CONFIG
-    if not succeeded(final):
-        out.print(
-            f"[red]backfill {backfill_id} ended {final.status}[/]: {final.failed} failed; "
-            "run `migration-assets migrate` (or 'backfill failed and missing' in the UI) to "
-            "redo only those; the failed runs' events in the UI say why."
-        )
-        return EXIT_UNVERIFIED
-    out.print(f"[green]backfill {backfill_id} completed; every partition verified[/]")
-    return code
+    return print_migrate(report)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

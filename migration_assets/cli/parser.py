@@ -124,8 +124,8 @@ def _migrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     migrate.add_argument(
         "--submit",
         action="store_true",
-        help="submit as a backfill to the instance in DAGSTER_HOME (its daemon, run queue "
-        "and launcher execute it) and follow it",
+        help="launch the same runs through the Dagster webserver at MIGRATION_WEBSERVER_URL "
+        "(the instance's run queue and launcher execute them) and follow them",
     )
 
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
     from migration_assets.engine.migrate import MigrateReport
     from migration_assets.engine.session import Outcome
-    from migration_assets.engine.submit import Progress as BackfillProgress
     from migration_assets.engine.work import Status
     from migration_assets.plan import MigrationPlan
 
@@ -76,15 +75,6 @@ class MigrateProgress:
             self.bar.console.print(
                 f"  [red]FAILED[/] {outcome.spec.label}: {outcome.message}", soft_wrap=True
             )
-
-    def backfill(self, progress: BackfillProgress) -> None:
-        self.bar.update(
-            self.task,
-            completed=progress.materialized,
-            rate=f"{progress.runs} run(s), {progress.failed} failed, {progress.status.lower()}",
-        )
-        if not self.bar.live.is_started:
-            self.bar.start()
 
     def stop(self) -> None:
         self.bar.stop()

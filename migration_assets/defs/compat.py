@@ -19,31 +19,18 @@ when it serializes the config). # waits for: `dagster.NoOpComputeLogManager` (`m
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.execution.backfill import (
-    BULK_ACTION_TERMINAL_STATUSES,
-    BulkActionStatus,
-    PartitionBackfill,
-)
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecord,
     AssetCheckExecutionRecordStatus,
 )
-from dagster._core.utils import make_new_backfill_id
 
 __all__ = [
-    "BULK_ACTION_TERMINAL_STATUSES",
     "AssetCheckExecutionRecord",
     "AssetCheckExecutionRecordStatus",
-    "BulkActionStatus",
-    "PartitionBackfill",
-    "add_asset_backfill",
     "fail_run",
     "free_pool_slots",
     "latest_check_executions",
@@ -115,43 +102,6 @@ def _remember_yes(probe: Callable[..., bool]) -> Callable[..., bool]:
         return found
 
     return remembered
-
-
-# ------------------------------------------------------------------ asset backfills
-# `migrate --submit` hands the graph to the instance's daemon as a backfill, as "Materialize"
-# in the UI does, and follows it (`engine.submit`).
-# waits for: a public way to create an asset backfill and read its progress without the
-# webserver (today the GraphQL mutation `launchPartitionBackfill` and query
-# `partitionBackfillOrError`); `DagsterInstance.get_backfill` returns PartitionBackfill, whose
-# status is a BulkActionStatus, ended when in BULK_ACTION_TERMINAL_STATUSES.
-
-
-def add_asset_backfill(
-    instance: dg.DagsterInstance,
-    defs: dg.Definitions,
-    partitions: Iterable[tuple[dg.AssetKey, str | None]],
-    *,
-    tags: Mapping[str, str],
-    title: str,
-    description: str,
-) -> str:
-    """Add a backfill of exactly these (asset, partition key or None) pairs; its id."""
-    # waits for: a public asset backfill constructor (see above)
-    graph = defs.resolve_asset_graph()
-    wanted = {AssetKeyPartitionKey(key, partition) for key, partition in partitions}
-    backfill_id = make_new_backfill_id()
-    backfill = PartitionBackfill.from_asset_graph_subset(
-        backfill_id=backfill_id,
-        backfill_timestamp=time.time(),
-        tags=dict(tags),
-        dynamic_partitions_store=instance,
-        asset_graph_subset=AssetGraphSubset.from_asset_partition_set(wanted, graph),
-        title=title,
-        description=description,
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
-    return backfill_id
 
 
 # ------------------------------------------------------------------ runs whose worker died

@@ -2,6 +2,6 @@
 
 Every step that changes or judges the target lives in the asset graph (`defs/`), so the UI,
 `migrate` and `migrate --submit` do the same work. This package only decides which runs of
-that graph are due, executes them locally (`local`) or hands them to the instance's run
-queue as a backfill (`submit`), and reports progress.
+that graph are due, executes them locally (`local`) or launches them through the webserver
+for the instance's run queue and launcher (`submit`), and reports progress.
 """

@@ -1,4 +1,5 @@
-"""`migrate`: the runs a "Materialize all" backfill would make, executed here or submitted.
+"""`migrate`: the runs a "Materialize all" backfill would make, executed here or (`--submit`)
+launched through the webserver, each as soon as the runs before it have ended.
 
 Preflight, locking of slices, index deferral and rebuild, verification, lost-run recovery:
 all of it happens inside the graph's runs. What this module adds is only the choice of
@@ -32,6 +33,8 @@ from migration_assets.engine.work import (
 
 if TYPE_CHECKING:
     from dagster import RunRecord
+
+    from migration_assets.engine.submit import Remote
 
 RELOOK_SECONDS = 0.5  # longer than the pause between two runs of one migration
 QUIET_SECONDS = 5.0  # no run started or ended for this long: no migration is mid-way
@@ -137,13 +140,19 @@ def migrate(
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_done: ProgressFn = lambda outcome: None,
     pool: WorkerPool | None = None,
+    remote: Remote | None = None,
 ) -> MigrateReport:
     """Head run, the partition runs that are due, tail run: all recorded in the instance.
     `redo`: (table, partition) pairs a whole-table check found different, resynced too.
     `pool`: workers the caller started before opening the session (`local.start_workers`);
-    migrate releases them, or closes them at once if one run is all there is to do."""
+    migrate releases them, or closes them at once if one run is all there is to do.
+    `remote`: the deployment executes the same runs (`--submit`); each is launched as soon
+    as the runs before it have ended."""
     started = time.perf_counter()
     report = MigrateReport(total_partitions=session.plan.total_partitions(), resync=resync)
+    if remote is not None:
+        workers = session.settings.migration_target_connections
+        pool = None
     workers = lanes(session.settings, workers)
     with contextlib.ExitStack() as stack:
         if pool is not None:
@@ -157,17 +166,11 @@ def migrate(
                 session.plan, statuses, every=resync, force=force, redo=redo
             )
             runs = carry(runs, lanes=workers)
-        if workers < 2 or len(runs) < 2:  # this process is one of the `workers`: one run
-            # needs no other, and an idle worker's imports would only take CPU from the head
-            if pool is not None:
-                pool.close()
-            pool = None
-        elif pool is None:
-            pool = WorkerPool(session.plan_path, workers - 1)  # imports overlap the schema run
-            pool.release()
-            stack.callback(pool.close)
+        execute = session.execute if remote is None else remote.execute
+        if remote is None:
+            pool = _pool_for(session, len(runs), workers, pool, stack)
         with report.phase("preflight and schema"):
-            head = session.execute(head_run())
+            head = execute(head_run())
             report.schema_ok, report.schema_message = head.ok, head.message
             report.schema_crashed = head.crashed
         if not head.ok:
@@ -175,15 +178,37 @@ def migrate(
             return report
         on_start(sum(len(r.slices) for r in runs), report.skipped_partitions)
         with report.phase("partitions"):
-            if pool is not None:
+            if remote is not None:
+                report.outcomes, report.aborted = remote.run(runs, on_done)
+            elif pool is not None:
                 report.outcomes, report.aborted = pool.run(runs, on_done, session=session)
             else:
                 report.outcomes, report.aborted = run_inline(session, runs, on_done)
         if not report.failed and not report.aborted:
             with report.phase("indexes and sequences"):
-                tail = session.execute(tail_run())
+                tail = execute(tail_run())
                 report.sequences_ok, report.sequences_message = tail.ok, tail.message
                 report.indexes_rebuilt = tail.indexes_rebuilt
                 report.audit, report.audit_complete = tail.audit, tail.audit_complete
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _pool_for(
+    session: Session,
+    runs: int,
+    workers: int,
+    pool: WorkerPool | None,
+    stack: contextlib.ExitStack,
+) -> WorkerPool | None:
+    """Workers for the partition runs, or None: this process is one of the `workers`, so
+    one run needs no other, and an idle worker's imports would only take CPU from the head."""
+    if workers < 2 or runs < 2:
+        if pool is not None:
+            pool.close()
+        return None
+    if pool is None:
+        pool = WorkerPool(session.plan_path, workers - 1)  # imports overlap the schema run
+        pool.release()
+        stack.callback(pool.close)
+    return pool
