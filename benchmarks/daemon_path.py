@@ -44,7 +44,6 @@ from benchmarks.run import (
     fresh_target,
     prepare_small,
 )
-from migration_assets.db.errors import MigrationError
 from migration_assets.defs.shipped import shipped_file
 from migration_assets.devstack.cluster import LOOPBACK, free_port
 from migration_assets.devstack.stack import DevStack
@@ -94,19 +93,11 @@ def deployment(bench: Bench, env: dict[str, str]) -> Iterator[Webserver]:
         dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance,
     ):
         deadline = time.monotonic() + DAEMON_START_SECONDS
-        while "QUEUED_RUN_COORDINATOR" not in instance.get_daemon_heartbeats() or not _serves(web):
+        while "QUEUED_RUN_COORDINATOR" not in instance.get_daemon_heartbeats() or not web.serving():
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"the deployment did not start; see the logs in {bench.work}")
             time.sleep(0.5)
         yield web
-
-
-def _serves(web: Webserver) -> bool:
-    try:
-        web.repository()
-    except MigrationError:
-        return False
-    return True
 
 
 ALL_ASSETS = "{ assetNodes { assetKey { path } } }"

@@ -29,7 +29,6 @@ import pytest
 
 from migration_assets.cli.ui import group_members
 from migration_assets.db.dsn import display_url, parse_dsn
-from migration_assets.db.errors import MigrationError
 from migration_assets.db.schema import alembic_upgrade
 from migration_assets.defs.keys import TARGET_POOL
 from migration_assets.devstack.cluster import LOOPBACK, free_port
@@ -165,14 +164,6 @@ def _up(proc: subprocess.Popen[str], ready: Any, what: str) -> None:
     assert proc.poll() is None, f"{what}: the process exited ({proc.args!r})"
 
 
-def _serving(webserver: Webserver) -> bool:
-    try:
-        webserver.repository()
-    except MigrationError:
-        return False
-    return True
-
-
 @contextlib.contextmanager
 def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
     """`dagster-daemon run` and `dagster-webserver` beside it, both up before this yields:
@@ -187,7 +178,7 @@ def daemon(q: Queued) -> Iterator[subprocess.Popen[str]]:
     ):
         beats = instance.get_daemon_heartbeats
         _up(proc, lambda: "QUEUED_RUN_COORDINATOR" in beats(), "the daemon's first heartbeat")
-        _up(web, lambda: _serving(webserver), "the webserver serving the code location")
+        _up(web, webserver.serving, "the webserver serving the code location")
         yield proc
 
 

@@ -107,6 +107,14 @@ class Webserver:
             "queued go on; the next `migrate --submit` launches only what is not verified."
         )
 
+    def serving(self) -> bool:
+        """Up, with our code location loaded: what a process starting one waits for."""
+        try:
+            self.repository()
+        except MigrationError:
+            return False
+        return True
+
     def repository(self) -> str:
         """The repository of our code location, once the webserver has it loaded."""
         entries = self.query(WORKSPACE)["workspaceOrError"].get("locationEntries") or []
