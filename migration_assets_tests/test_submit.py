@@ -386,9 +386,10 @@ def test_submit_stops_following_when_the_daemon_stops_beating(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No webserver where MIGRATION_WEBSERVER_URL points: refused at once, nothing launched.
-    Then the daemon dies (SIGKILL, with its run workers) under a followed migration:
-    `--submit` ends within the bound, exit 2, saying to start a daemon again and that the
-    queued runs stay; nothing it launched is cancelled."""
+    Then the daemon dies (SIGKILL, with its run workers) just before a migration: its last
+    beat is fresh, so `--submit` launches, and its first run waits in the queue. `--submit`
+    ends within the bound, exit 2, saying to start a daemon again and that the queued runs
+    stay; nothing it launched is cancelled, and a local `migrate` refuses to run beside them."""
     q = queued_instance(migration, stack, isolated_cwd, monkeypatch, target_connections=1)
     q.plan()
     instance = q.instance()
@@ -400,19 +401,12 @@ def test_submit_stops_following_when_the_daemon_stops_beating(
         assert "cannot reach the Dagster webserver" in " ".join(output.split()), output
         assert instance.get_run_records() == [], "runs were launched without a webserver"
         q.env["MIGRATION_WEBSERVER_URL"] = served
+        os.killpg(running.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        process_gone(running)
+        wait_until(lambda: not group_members(running.pid), 60, "the daemon's processes")
         proc = q.submit_watching(TEST_SILENCE)
         try:
-            wait_until(
-                lambda: proc.poll() is not None or instance.get_run_records(),
-                120,
-                "the first launched run",
-                every=0.5,
-            )
-            assert proc.poll() is None, proc.communicate()[0]
-            os.killpg(running.pid, signal.SIGKILL)
-            killed = time.monotonic()
-            process_gone(running)
-            wait_until(lambda: not group_members(running.pid), 60, "the daemon's processes")
             code, output = finish(proc, timeout=TEST_SILENCE + 120)
             seconds = time.monotonic() - killed
             print(f"`--submit` ended {seconds:.1f}s after the daemon was killed")
@@ -428,8 +422,12 @@ def test_submit_stops_following_when_the_daemon_stops_beating(
     # the last beat came before the kill; one poll and the CLI's exit on a loaded machine
     assert seconds < TEST_SILENCE + 20, f"ended {seconds:.0f}s after the daemon was killed"
     runs = q.instance().get_run_records()
-    assert runs, "nothing was launched"
-    assert dg.DagsterRunStatus.CANCELED not in {r.dagster_run.status for r in runs}
+    assert [r.dagster_run.status for r in runs] == [dg.DagsterRunStatus.QUEUED], runs
+
+    code, output = run_cli(["migrate", "--workers", "1"])
+    assert code == 2, output
+    assert "runs wait in this Dagster instance's run queue" in " ".join(output.split()), output
+    assert user_tables(q.m.target_url) == [], "the target was written beside queued runs"
 
 
 def test_submit_exits_2_like_migrate_when_the_schema_step_cannot_run(

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import dagster as dg
+
 from migration_assets.db.errors import MigrationError
 from migration_assets.defs.liveness import LOST_AFTER_SECONDS, in_flight, reap_lost_runs
 from migration_assets.engine.driver import TAG_DRIVER, has_exited
@@ -83,6 +85,7 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
     Alive is any sign of life while we watch: a heartbeat that moves, a run that ends without
     us failing it, or a new run. Between two short runs of another migration nothing may be in
     flight, so an empty first look is repeated once, if a run started or ended just now."""
+    _refuse_queued(session)
     deadline = time.monotonic() + wait
     first = _beats(session)
     if not first and _may_be_between_runs(session, QUIET_SECONDS):
@@ -104,6 +107,20 @@ def settle_in_flight(session: Session, *, wait: float = LOST_AFTER_SECONDS + 3) 
             break
         time.sleep(1.0)
     return len(reaped)
+
+
+def _refuse_queued(session: Session) -> None:
+    """Runs waiting in the instance's queue will execute whatever we do now: a `--submit`
+    stopped with Ctrl-C, or a UI backfill, left them there for the daemon."""
+    queued = session.instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]), limit=1
+    )
+    if queued:
+        raise MigrationError(
+            f"runs wait in this Dagster instance's run queue (e.g. {queued[0].dagster_run.run_id})"
+            ": another migration launched them and the daemon will start them. Wait for them "
+            "to end (see the Dagster UI, Runs), or cancel them there, then run again."
+        )
 
 
 def _may_be_between_runs(session: Session, seconds: float) -> bool:
