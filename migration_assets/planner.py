@@ -17,7 +17,7 @@ from migration_assets.db.errors import MigrationError
 from migration_assets.db.keyhash import database_assigned
 from migration_assets.db.left_out import extension_configuration
 from migration_assets.db.preflight import row_security_problems
-from migration_assets.db.session import Connection, connect
+from migration_assets.db.session import DEFAULT_TIMEOUTS, Connection, Timeouts, connect
 from migration_assets.db.slices import Strategy, compute_bounds, range_cast_type
 from migration_assets.plan import (
     DEFAULT_MIN_PARTITIONS,
@@ -56,10 +56,11 @@ def write_plan(
     split_above: int = MIN_ROWS_TO_SPLIT,
     schemas: list[str] | None = None,
     app_queries: list[AppQuery] | None = None,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> MigrationPlan:
     """Reflect the source over its own connection and save the plan: `plan`, `ui --demo` and
     `demo` write theirs the same way."""
-    with connect(source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+    with connect(source_dsn, setting="SOURCE_DATABASE_URL", timeouts=timeouts) as conn:
         plan = build_plan(
             conn,
             source_dsn=source_dsn,

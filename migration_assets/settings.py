@@ -27,7 +27,12 @@ from migration_assets.db.dsn import (
     parse_dsn,
     with_params,
 )
-from migration_assets.db.session import parse_statement_timeout
+from migration_assets.db.session import (
+    DEFAULT_TIMEOUTS,
+    MIN_NETWORK_TIMEOUT,
+    Timeouts,
+    parse_statement_timeout,
+)
 
 
 class SchemaMode(StrEnum):
@@ -106,9 +111,13 @@ class Settings(BaseSettings):
     migration_defer_indexes_above: int = Field(
         default=100_000, alias="MIGRATION_DEFER_INDEXES_ABOVE"
     )  # cold tables with at least this many rows load without secondary indexes; -1: never
-    migration_statement_timeout: str = Field(default="0", alias="MIGRATION_STATEMENT_TIMEOUT")
+    migration_statement_timeout: str = Field(
+        default=DEFAULT_TIMEOUTS.statement, alias="MIGRATION_STATEMENT_TIMEOUT"
+    )
     # statement_timeout of every session of ours: seconds or a PostgreSQL duration; 0: none
-    migration_network_timeout: int = Field(default=60, ge=3, alias="MIGRATION_NETWORK_TIMEOUT")
+    migration_network_timeout: int = Field(
+        default=DEFAULT_TIMEOUTS.network, ge=MIN_NETWORK_TIMEOUT, alias="MIGRATION_NETWORK_TIMEOUT"
+    )
     # seconds a silent network may take before a connection is given up
     migration_alembic_config: Path | None = Field(default=None, alias="MIGRATION_ALEMBIC_CONFIG")
     # the application's alembic.ini (default: ./alembic.ini, else this repository's)
@@ -238,6 +247,12 @@ class Settings(BaseSettings):
                 f"`migration-assets plan --out {path}`, review it, then run again."
             )
         return path
+
+    def timeouts(self) -> Timeouts:
+        """The limits every session of ours gets, for `db/` and the database resources."""
+        return Timeouts(
+            network=self.migration_network_timeout, statement=self.migration_statement_timeout
+        )
 
     def describe(self) -> dict[str, str]:
         """Every setting as it may be shown: URLs masked, paths as given."""

@@ -25,7 +25,6 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._serdes.config_class import ConfigurableClassData
 from dagster_shared.yaml_utils import load_yaml_from_path
 
-from migration_assets.db.session import NETWORK_TIMEOUT_ENV
 from migration_assets.settings import SETTING_NAMES
 
 pytestmark = pytest.mark.unit
@@ -169,7 +168,7 @@ def test_docker_runs_get_every_setting() -> None:
     launcher = _load(DEPLOY / "docker" / "dagster.yaml")["run_launcher"]["config"]
     passed = set(launcher["env_vars"])
     dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
-    wanted = {*SETTING_NAMES, NETWORK_TIMEOUT_ENV, *STORAGE_ENV}
+    wanted = {*SETTING_NAMES, *STORAGE_ENV}
     missing = {n for n in wanted - passed if not (n in BAKED_INTO_IMAGE and n in dockerfile)}
     missing -= IN_THE_SOURCE_URL
     assert not missing, f"run containers would lack {sorted(missing)}"

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.keyhash import label
-from migration_assets.db.session import connect
+from migration_assets.defs.build import build_resources
 from migration_assets.defs.keys import (
     POOLER_READY,
     SCHEMA_KEY,
@@ -32,7 +32,7 @@ from migration_assets.defs.keys import (
 from migration_assets.devstack.binaries import pg_bin_dir
 from migration_assets.devstack.cluster import LOOPBACK, free_port
 from migration_assets.plan import load_plan
-from migration_assets.settings import SETTING_NAMES
+from migration_assets.settings import SETTING_NAMES, load_settings
 from migration_assets_tests.conftest import REPO_ROOT, Migration, MigrationFactory
 from migration_assets_tests.helpers import assert_equal_databases, run_cli, tls_metadata
 
@@ -290,46 +290,39 @@ def _defer_indexes(c: Case) -> None:
 
 
 def _shown_by_our_sessions(c: Case, show: str) -> tuple[dict[str, str], str]:
-    """The client options and a server setting of a target session opened by the project's
-    `connect`, in the process that just ran the command (where its runs connect)."""
-    with connect(
-        c.m.target_url, setting="SUPABASE_DB_URL", sslrootcert=str(c.m.ca_file), guard_server=True
-    ) as conn:
-        options = parse_dsn(conn.info.dsn)
-        row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(show))).fetchone()
+    """The client options and a server setting of a target session opened as a run's steps
+    open theirs: through the target resource that the definitions build from the settings,
+    here from `.env` alone (a command that connects outside a run passes the same settings'
+    `timeouts()`)."""
+    settings = load_settings()
+    settings.export_environment()  # as a run's process has them: EnvVars resolve from there
+    try:
+        with (
+            dg.build_resources(build_resources(settings)) as resources,
+            resources.target.connect() as conn,
+        ):
+            options = parse_dsn(conn.info.dsn)
+            row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(show))).fetchone()
+    finally:
+        clear_settings()
     assert row is not None
     return options, str(row[0])
-
-
-def _each_command(c: Case) -> Iterator[str]:
-    """`plan` (no Session) and `status` (a Session, as migrate/verify/report); the caller
-    probes after each, before the settings are cleared again."""
-    code, output = run_cli(["plan", "--out", str(c.m.plan_path), *TINY_PLAN])
-    assert code == 0, output
-    yield "plan"
-    code, output = run_cli(["status"])
-    assert code in (0, 1), output
-    yield "status"
 
 
 @case("MIGRATION_STATEMENT_TIMEOUT")
 def _statement_timeout(c: Case) -> None:
     c.configure(MIGRATION_STATEMENT_TIMEOUT="45s")
-    for command in _each_command(c):
-        _, shown = _shown_by_our_sessions(c, "statement_timeout")
-        assert shown == "45s", f"after `{command}`: statement_timeout {shown}"
-        clear_settings()
+    _, shown = _shown_by_our_sessions(c, "statement_timeout")
+    assert shown == "45s", f"statement_timeout {shown}"
 
 
 @case("MIGRATION_NETWORK_TIMEOUT")
 def _network_timeout(c: Case) -> None:
     c.configure(MIGRATION_NETWORK_TIMEOUT="90")
-    for command in _each_command(c):
-        options, shown = _shown_by_our_sessions(c, "idle_in_transaction_session_timeout")
-        assert options.get("tcp_user_timeout") == "90000", f"after `{command}`: {options}"
-        assert options.get("keepalives_idle") == "30", f"after `{command}`: {options}"
-        assert shown == "15min", f"after `{command}`: idle_in_transaction {shown}"
-        clear_settings()
+    options, shown = _shown_by_our_sessions(c, "idle_in_transaction_session_timeout")
+    assert options.get("tcp_user_timeout") == "90000", options
+    assert options.get("keepalives_idle") == "30", options
+    assert shown == "15min", f"idle_in_transaction {shown}"
 
 
 @case("MIGRATION_ALEMBIC_CONFIG")

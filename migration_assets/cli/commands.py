@@ -37,10 +37,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from migration_assets.planner import write_plan
 
     settings = load_settings(args.env_file)
-    settings.export_environment()  # connect() reads the timeouts from there, .env's included
     plan = write_plan(
         settings.source_dsn,
         args.out,
+        timeouts=settings.timeouts(),
         rows_per_partition=args.rows_per_partition,
         min_partitions=args.min_partitions,
         split_above=args.split_above,
@@ -66,7 +66,9 @@ def _warn_of_schema_mode(settings: Settings) -> None:
     if settings.migration_schema_mode is not SchemaMode.ALEMBIC:
         return
     try:
-        with connect(settings.source_dsn, setting="SOURCE_DATABASE_URL") as conn:
+        with connect(
+            settings.source_dsn, setting="SOURCE_DATABASE_URL", timeouts=settings.timeouts()
+        ) as conn:
             problem = alembic_mismatch(conn, MigrationOptions.from_settings(settings).alembic_ini())
     except MigrationError as exc:
         problem = str(exc)

@@ -41,7 +41,9 @@ def cmd_locate(args: argparse.Namespace) -> int:
         else (settings.target_dsn, "SUPABASE_DB_URL")
     )
     found = 0
-    with connect(dsn, setting=setting, sslrootcert=settings.sslrootcert) as conn:
+    with connect(
+        dsn, setting=setting, timeouts=settings.timeouts(), sslrootcert=settings.sslrootcert
+    ) as conn:
         for t in tables:
             prefix = KEY_PREFIX if t.key else ROW_PREFIX
             for where in find_rows(

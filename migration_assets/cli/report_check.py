@@ -135,14 +135,18 @@ def _target_records(settings: Settings, chain: str) -> list[tuple[int, str]]:
         raise UnreachableError("SUPABASE_DB_URL is not set")
     try:
         with connect(
-            settings.target_dsn, setting="SUPABASE_DB_URL", sslrootcert=settings.sslrootcert
+            settings.target_dsn,
+            setting="SUPABASE_DB_URL",
+            timeouts=settings.timeouts(),
+            sslrootcert=settings.sslrootcert,
         ) as conn:
             records = read_anchors(conn, chain)
             conn.rollback()
     except MigrationError as exc:
         raise UnreachableError(str(exc).splitlines()[0]) from None
     except psycopg.Error as exc:
-        raise UnreachableError(safe_message(exc)) from None
+        message = safe_message(exc, statement_timeout=settings.migration_statement_timeout)
+        raise UnreachableError(message) from None
     return records or []  # no anchor table: nothing anchored there, which compare names
 
 

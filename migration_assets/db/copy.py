@@ -103,7 +103,12 @@ def use_binary(source: Connection, target: Connection, job: CopyTarget) -> bool:
 
 
 def copy_slice(
-    source: Connection, target: Connection, job: CopyTarget, *, force: bool = False
+    source: Connection,
+    target: Connection,
+    job: CopyTarget,
+    *,
+    force: bool = False,
+    statement_timeout: str | None = None,
 ) -> SliceResult:
     """Make the target's slice equal the source's, verified; raises SliceMismatchError (after
     rollback) when they differ after the copy.
@@ -111,7 +116,8 @@ def copy_slice(
     A slice that already holds rows is compared first (both checksums, the source's in the
     snapshot a copy would read): an equal one is left untouched, so materializing every
     partition again (a UI "Materialize all", `migrate --resync`, the cutover's final delta)
-    moves only what changed. `force` re-copies regardless.
+    moves only what changed. `force` re-copies regardless. `statement_timeout`, the limit
+    both sessions were given, lets a cancelled statement's message name it.
     """
     binary = use_binary(source, target, job)
     rows_hash = RowHash.between(source, target, job.hash_columns)
@@ -148,7 +154,7 @@ def copy_slice(
     except SliceMismatchError as exc:
         raise SliceMismatchError(job.spec, exc.result, _trigger_cause(target, job.spec)) from None
     except psycopg.Error as exc:
-        explained = _explain(exc, job.spec)
+        explained = _explain(exc, job.spec, statement_timeout)
         if isinstance(exc, psycopg.OperationalError):  # no target to ask
             raise explained from None
         cause = _trigger_cause(target, job.spec)
@@ -256,9 +262,9 @@ _PRIVILEGE_HINT = {
 }
 
 
-def _explain(exc: psycopg.Error, spec: SliceSpec) -> MigrationError:
+def _explain(exc: psycopg.Error, spec: SliceSpec, statement_timeout: str | None) -> MigrationError:
     """A database error as a message with no row values and, where we know one, a fix."""
-    message = safe_message(exc)
+    message = safe_message(exc, statement_timeout=statement_timeout)
     where = f"{spec.schema}.{spec.table} slice {spec.index:03d}"
     if isinstance(exc, psycopg.errors.InsufficientPrivilege) and not raised_in_function(exc):
         for needle, hint in _PRIVILEGE_HINT.items():

@@ -13,7 +13,6 @@ the database, not its rows: their primary message is kept, quoted values still m
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Self
@@ -64,8 +63,9 @@ class MigrationError(Exception):
     """An error whose message is safe to log and names what to do next."""
 
 
-def safe_message(exc: BaseException) -> str:
-    """The error as text that carries no row values."""
+def safe_message(exc: BaseException, *, statement_timeout: str | None = None) -> str:
+    """The error as text that carries no row values (`cancel_hint` says what
+    `statement_timeout` is for)."""
     orig = getattr(exc, "orig", None)  # SQLAlchemy's wrapper quotes statements and parameters
     if isinstance(orig, psycopg.Error):
         exc = orig
@@ -82,7 +82,7 @@ def safe_message(exc: BaseException) -> str:
     names = _object_names(diag)
     if names:
         parts.append("(" + ", ".join(names) + ")")
-    hint = cancel_hint(exc) or row_security_hint(exc)
+    hint = cancel_hint(exc, statement_timeout) or row_security_hint(exc)
     if hint:
         parts.append(f"- {hint}")
     return (f"[{code}] " if code else "") + " ".join(parts)
@@ -121,38 +121,41 @@ def _object_names(diag: psycopg.errors.Diagnostic) -> list[str]:
     ]
 
 
-def cancel_hint(exc: BaseException) -> str | None:
+def cancel_hint(exc: BaseException, statement_timeout: str | None = None) -> str | None:
     """For a cancelled statement (SQLSTATE 57014), what cancelled it and what to change.
 
     psycopg raises QueryCanceled as an OperationalError, so without this a statement timeout
     reads like a lost connection. The server's primary message tells a timeout from an
-    operator's pg_cancel_backend; both share the SQLSTATE.
+    operator's pg_cancel_backend; both share the SQLSTATE. `statement_timeout` is the limit
+    our session set (MIGRATION_STATEMENT_TIMEOUT as given), when the caller knows it.
     """
     if not isinstance(exc, psycopg.Error) or exc.sqlstate != QUERY_CANCELED:
         return None
     primary = exc.diag.message_primary or str(exc)
-    ours = os.environ.get(STATEMENT_TIMEOUT_ENV, "").strip() or "0"
-    if "statement timeout" in primary:
-        if re.fullmatch(r"[0.]*\s*(us|ms|s|min|h|d)?", ours):  # ours sets no limit
-            return (
-                "the server's statement_timeout for this role or database cancelled it "
-                f"({STATEMENT_TIMEOUT_ENV}=0 sets no limit of ours; connections "
-                "through the transaction pooler keep the server's). Make the statement "
-                "faster or raise that role's statement_timeout"
-            )
-        return (
-            f"the statement ran longer than {STATEMENT_TIMEOUT_ENV}={ours}. "
-            f"Raise {STATEMENT_TIMEOUT_ENV} (seconds, or a duration like '30min'; 0 = no "
-            "limit) and run again"
-        )
     if "user request" in primary:
         return (
             "cancelled on request (pg_cancel_backend or a client's cancel), not by a timeout; "
             "the connection is fine and nothing was lost. Run again"
         )
+    if "statement timeout" not in primary:
+        return "a statement timeout or an operator cancelled it; nothing was lost. Run again"
+    if statement_timeout is None:
+        return (
+            f"a statement timeout cancelled it: ours ({STATEMENT_TIMEOUT_ENV}; 0 = no limit) or, "
+            "through the transaction pooler, the server's for this role. Raise the one in "
+            "force and run again"
+        )
+    if re.fullmatch(r"[0.]*\s*(us|ms|s|min|h|d)?", statement_timeout.strip()):  # no limit
+        return (
+            "the server's statement_timeout for this role or database cancelled it "
+            f"({STATEMENT_TIMEOUT_ENV}=0 sets no limit of ours; connections "
+            "through the transaction pooler keep the server's). Make the statement "
+            "faster or raise that role's statement_timeout"
+        )
     return (
-        f"cancelled: the statement timeout ({STATEMENT_TIMEOUT_ENV}={ours}) or an operator "
-        "cancelled it; nothing was lost. Run again"
+        f"the statement ran longer than {STATEMENT_TIMEOUT_ENV}={statement_timeout}. "
+        f"Raise {STATEMENT_TIMEOUT_ENV} (seconds, or a duration like '30min'; 0 = no "
+        "limit) and run again"
     )
 
 

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from migration_assets.db.dsn import parse_dsn, sqlalchemy_url, with_params
 from migration_assets.db.errors import MigrationError, mask_values, safe_message
-from migration_assets.db.session import Connection, statement_timeout
+from migration_assets.db.session import DEFAULT_TIMEOUTS, Connection, Timeouts
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -116,7 +116,12 @@ def present_tables(conn: Connection, tables: Iterable[tuple[str, str]]) -> list[
 
 
 def alembic_upgrade(
-    dsn: str, *, sslrootcert: str | None, config_path: Path, revision: str = "head"
+    dsn: str,
+    *,
+    sslrootcert: str | None,
+    config_path: Path,
+    revision: str = "head",
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> None:
     """`alembic upgrade` over our connection, so TLS and the CA file are ours too."""
     from sqlalchemy import create_engine
@@ -134,13 +139,14 @@ def alembic_upgrade(
         with engine.begin() as connection:
             # the role's statement_timeout (Supabase: 2 min) must not cancel a long step
             connection.exec_driver_sql(
-                "SELECT set_config('statement_timeout', %s, false)", (str(statement_timeout()),)
+                "SELECT set_config('statement_timeout', %s, false)", (str(timeouts.statement_ms),)
             )
             cfg.attributes["connection"] = connection
             cfg.attributes["configure_logger"] = False  # keep the host's logging as it is
             command.upgrade(cfg, revision)
     except Exception as exc:
-        raise MigrationError(f"alembic upgrade {revision} failed: {safe_message(exc)}") from None
+        message = safe_message(exc, statement_timeout=timeouts.statement)
+        raise MigrationError(f"alembic upgrade {revision} failed: {message}") from None
     finally:
         engine.dispose()
 

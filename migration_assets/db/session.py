@@ -11,10 +11,10 @@ pin, PostgreSQL refuses such a query instead of filtering it.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -45,17 +45,27 @@ SESSION_PINS: dict[str, str] = {
 }
 LIST_PINS = frozenset({"search_path"})  # a list of names: each quoted on its own
 
-NETWORK_TIMEOUT_ENV = "MIGRATION_NETWORK_TIMEOUT"
-DEFAULT_NETWORK_TIMEOUT = 60
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a silent network (seconds) and one statement of ours may take. Explicit in
+    every connect: the settings (MIGRATION_NETWORK_TIMEOUT, MIGRATION_STATEMENT_TIMEOUT) and
+    the resources built from them carry these, and their defaults are these."""
+
+    network: int = 60
+    statement: str = "0"  # as the user gave it: seconds or a PostgreSQL duration; 0: none
+
+    @property
+    def statement_ms(self) -> int:
+        """MigrationError, not ValueError, for a value that did not pass through Settings."""
+        try:
+            return parse_statement_timeout(self.statement)
+        except ValueError as exc:
+            raise MigrationError(str(exc)) from None
 
 
-def network_timeout() -> int:
-    """Seconds a silent network may take before we give up (MIGRATION_NETWORK_TIMEOUT)."""
-    raw = os.environ.get(NETWORK_TIMEOUT_ENV, "")
-    try:
-        return max(3, int(raw)) if raw else DEFAULT_NETWORK_TIMEOUT
-    except ValueError:
-        return DEFAULT_NETWORK_TIMEOUT
+DEFAULT_TIMEOUTS = Timeouts()
+MIN_NETWORK_TIMEOUT = 3  # keepalive probes are whole seconds, a third and a ninth of it
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|min|h|d)?")
@@ -80,19 +90,6 @@ def parse_statement_timeout(raw: str) -> int:
     if millis > _MAX_TIMEOUT_MS:
         raise ValueError(f"{STATEMENT_TIMEOUT_ENV}={raw!r} is longer than PostgreSQL allows")
     return max(1, round(millis)) if millis > 0 else 0
-
-
-def statement_timeout() -> int:
-    """Milliseconds every statement of ours may run (MIGRATION_STATEMENT_TIMEOUT; 0 = none).
-
-    Supabase caps statements per role and database (2 min globally, seconds for the API
-    roles); a slice, a checksum or an index build may need longer, so each of our sessions
-    sets its own limit instead of inheriting the server's.
-    """
-    try:
-        return parse_statement_timeout(os.environ.get(STATEMENT_TIMEOUT_ENV, ""))
-    except ValueError as exc:
-        raise MigrationError(str(exc)) from None
 
 
 def tcp_guards(timeout: int) -> dict[str, str]:
@@ -121,13 +118,13 @@ def server_guards(timeout: int) -> dict[str, str]:
     }
 
 
-def pin_session(conn: Connection, extra: dict[str, str] | None = None) -> None:
+def pin_session(conn: Connection, timeouts: Timeouts, extra: dict[str, str] | None = None) -> None:
     """One round trip: every pin as a plain SET so poolers in session mode keep them.
 
     statement_timeout comes first: the role's own (Supabase: 2 min, or less) must not cancel
     the rest, and it replaces the server's limit for the whole session.
     """
-    pins = {"statement_timeout": str(statement_timeout()), **SESSION_PINS, **(extra or {})}
+    pins = {"statement_timeout": str(timeouts.statement_ms), **SESSION_PINS, **(extra or {})}
     statements = "; ".join(
         f"SET {name} TO "
         + ", ".join(f"'{v}'" for v in (value.split(", ") if name in LIST_PINS else [value]))
@@ -150,6 +147,7 @@ def open_pinned(
     dsn: str,
     *,
     setting: str,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
     sslrootcert: str | None = None,
     autocommit: bool = False,
     application_name: str = "migration_assets",
@@ -158,7 +156,7 @@ def open_pinned(
     prepare_threshold: int | None = 5,
 ) -> Connection:
     """A pinned connection; connection failures become `ConnectionFailedError` naming the fix."""
-    timeout = network_timeout()
+    timeout = timeouts.network
     conninfo = with_params(
         dsn, sslrootcert=sslrootcert, application_name=application_name, **tcp_guards(timeout)
     )
@@ -170,7 +168,7 @@ def open_pinned(
         ) from None
     try:
         if pin:
-            pin_session(conn, server_guards(timeout) if guard_server else None)
+            pin_session(conn, timeouts, server_guards(timeout) if guard_server else None)
             if not autocommit:
                 conn.commit()
     except BaseException:
@@ -275,8 +273,10 @@ def _major(version: int) -> str:
 
 
 __all__ = [
+    "DEFAULT_TIMEOUTS",
     "SESSION_PINS",
     "Connection",
+    "Timeouts",
     "connect",
     "describe_endpoint",
     "parse_statement_timeout",
@@ -284,5 +284,4 @@ __all__ = [
     "refuse_old_server",
     "safe_message",
     "server_major",
-    "statement_timeout",
 ]

@@ -41,14 +41,19 @@ def _optional_env(name: str) -> str | dg.EnvVar:
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:  # type: ignore[type-arg]
     """Secrets as EnvVars (read when a run starts, never stored with it); knobs as values."""
+    timeouts = settings.timeouts()
     return {
         "source": SourceDatabase(
             url=dg.EnvVar("SOURCE_DATABASE_URL"),
+            network_timeout=timeouts.network,
+            statement_timeout=timeouts.statement,
             sslrootcert=_optional_env("SOURCE_SSLROOTCERT"),
             tls=settings.migration_source_tls.value,
         ),
         "target": TargetDatabase(
             url=dg.EnvVar("SUPABASE_DB_URL"),
+            network_timeout=timeouts.network,
+            statement_timeout=timeouts.statement,
             sslrootcert=_optional_env("SUPABASE_SSLROOTCERT"),
             pooler_url=_optional_env("SUPABASE_POOLER_URL"),
         ),

@@ -22,7 +22,14 @@ from migration_assets.db.dsn import (
     with_params,
 )
 from migration_assets.db.errors import MigrationError
-from migration_assets.db.session import Connection, Spare, connect, open_pinned
+from migration_assets.db.session import (
+    DEFAULT_TIMEOUTS,
+    Connection,
+    Spare,
+    Timeouts,
+    connect,
+    open_pinned,
+)
 from migration_assets.defs.liveness import Heartbeat
 from migration_assets.defs.shipped import shipped_file
 from migration_assets.settings import SchemaMode, Settings
@@ -54,7 +61,20 @@ class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
         return local if local.is_file() else shipped_file("alembic.ini")
 
 
-class SourceDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
+class _Database(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """What both databases' connections share: the limits every session of ours gets, from
+    the settings (MIGRATION_NETWORK_TIMEOUT, MIGRATION_STATEMENT_TIMEOUT), shown with each
+    run's resources; `db/` receives them as arguments."""
+
+    network_timeout: int = DEFAULT_TIMEOUTS.network
+    statement_timeout: str = DEFAULT_TIMEOUTS.statement
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(network=self.network_timeout, statement=self.statement_timeout)
+
+
+class SourceDatabase(_Database):
     """The clinic's current database; we only read from it. A non-local one is reached with
     verified TLS unless `tls` is `unverified`, judged here before any connect (as the target
     is): a run's settings may come from elsewhere than the CLI that checked them."""
@@ -90,6 +110,7 @@ class SourceDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
         return open_pinned(
             self.url,
             setting="SOURCE_DATABASE_URL",
+            timeouts=self.timeouts,
             sslrootcert=self.sslrootcert or None,
             autocommit=autocommit,
         )
@@ -108,7 +129,7 @@ class SourceDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
         return mask_dsn(self.url)
 
 
-class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
+class TargetDatabase(_Database):
     """Supabase over the direct connection; TLS rules are enforced before any connect."""
 
     url: str
@@ -148,6 +169,7 @@ class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
         return open_pinned(
             self.url,
             setting="SUPABASE_DB_URL",
+            timeouts=self.timeouts,
             sslrootcert=self.sslrootcert or None,
             autocommit=autocommit,
             guard_server=True,
@@ -173,6 +195,7 @@ class TargetDatabase(dg.ConfigurableResource):  # type: ignore[type-arg]
         with connect(
             self.pooler_url,
             setting="SUPABASE_POOLER_URL",
+            timeouts=self.timeouts,
             sslrootcert=self.sslrootcert or None,
             autocommit=True,
             pin=False,

@@ -144,7 +144,10 @@ def _apply_schema(
     mode = SchemaMode(options.schema_mode)
     if mode is SchemaMode.ALEMBIC:
         alembic_upgrade(
-            target.url, sslrootcert=target.sslrootcert or None, config_path=options.alembic_ini()
+            target.url,
+            sslrootcert=target.sslrootcert or None,
+            config_path=options.alembic_ini(),
+            timeouts=target.timeouts,
         )
         return "alembic upgrade head"
     if mode is SchemaMode.PG_DUMP:

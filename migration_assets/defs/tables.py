@@ -189,7 +189,8 @@ def materialize_slice(
     job = CopyTarget(spec, table.copy_columns, table.hash_columns, table.binary_safe)
     try:
         with source.lend() as src, target.lend() as tgt:  # a packed run's steps share them
-            return SliceOutcome(copy_slice(src, tgt, job, force=force))
+            limit = target.statement_timeout
+            return SliceOutcome(copy_slice(src, tgt, job, force=force, statement_timeout=limit))
     except SliceMismatchError as exc:
         failed = SliceOutcome(exc.result)
         return SliceOutcome(exc.result, dg.Failure(description=str(exc), metadata=failed.metadata))

@@ -226,4 +226,6 @@ def _execute(session: Session, spec: RunSpec) -> list[Outcome]:
     try:
         return session.execute_each(spec)
     except Exception as exc:  # never let one run take a worker (or the pool's owner) down
-        return [Outcome(s, False, 0, 0.0, safe_message(exc)) for s in spec.slices]
+        limit = session.settings.migration_statement_timeout
+        message = safe_message(exc, statement_timeout=limit)
+        return [Outcome(s, False, 0, 0.0, message) for s in spec.slices]
