@@ -21,10 +21,16 @@ if TYPE_CHECKING:
 
 FRESH_HOME_YAML = """\
 # Written by migration-assets into an empty DAGSTER_HOME: Dagster's default storage
-# (SQLite in this directory), no usage telemetry, and no stdout capture (our steps log
-# through the event log; capturing costs subprocesses for every step).
+# (SQLite in this directory), no usage telemetry, no stdout capture (our steps log
+# through the event log; capturing costs subprocesses for every step), and Dagster's
+# default run queue, looked at every second instead of every 5 s.
 telemetry:
   enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
 compute_logs:
   module: dagster.core.storage.noop_compute_log_manager
   class: NoOpComputeLogManager
