@@ -10,7 +10,6 @@ metadata, and a warning is logged, so nobody mistakes it for their own database'
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +18,7 @@ from migration_assets.defs.build import build_definitions
 from migration_assets.engine.cutover import cutover_definitions
 from migration_assets.engine.verify import verify_and_report
 from migration_assets.plan import MigrationPlan, load_plan
-from migration_assets.settings import load_settings
+from migration_assets.settings import Settings, load_settings
 
 SHIPPED_PLAN = Path(__file__).resolve().parent / "plans" / "demo.json"
 SHIPPED_NOTE = (
@@ -31,13 +30,13 @@ SHIPPED_NOTE = (
 log = logging.getLogger(__name__)
 
 
-def _plan() -> tuple[MigrationPlan, bool]:
-    """The configured plan, or (shipped plan, True) when MIGRATION_PLAN is not set."""
-    path = os.environ.get("MIGRATION_PLAN")
+def _plan(settings: Settings) -> tuple[MigrationPlan, bool, Path]:
+    """The configured plan, or (shipped plan, True) when MIGRATION_PLAN is not set; its path."""
+    path = settings.migration_plan
     if path:
-        return load_plan(path), False
+        return load_plan(path), False, path
     log.warning("%s Loading %s.", SHIPPED_NOTE, SHIPPED_PLAN)
-    return load_plan(SHIPPED_PLAN), True
+    return load_plan(SHIPPED_PLAN), True, Path(SHIPPED_PLAN)
 
 
 def _mark_shipped(spec: dg.AssetSpec) -> dg.AssetSpec:
@@ -50,11 +49,10 @@ def _mark_shipped(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 def build() -> dg.Definitions:
     settings = load_settings()  # the environment, or .env in the working directory
-    settings.export_environment()  # where run workers' EnvVars and database code read them
-    plan, shipped = _plan()
+    plan, shipped, plan_path = _plan(settings)
     # jobs beside the asset graph: "Materialize all" must never freeze a production database
     definitions = dg.Definitions.merge(
-        build_definitions(plan, settings),
+        build_definitions(plan, settings, plan_path),
         cutover_definitions(),
         dg.Definitions(jobs=[verify_and_report]),
     )

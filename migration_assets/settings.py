@@ -7,7 +7,6 @@ Secrets are `SecretStr`; `Settings.describe` is the only way settings are shown.
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +26,7 @@ from migration_assets.db.dsn import (
     parse_dsn,
     with_params,
 )
+from migration_assets.db.keyhash import load_secret
 from migration_assets.db.session import (
     DEFAULT_TIMEOUTS,
     MIN_NETWORK_TIMEOUT,
@@ -272,10 +272,11 @@ class Settings(BaseSettings):
         shown["MIGRATION_WEBSERVER_URL"] = http_origin(self.migration_webserver_url)
         return shown
 
-    def export_environment(self) -> None:
-        """Every setting that has a value, from the environment or `.env`, into os.environ:
-        where Dagster's EnvVars, dagster.yaml and the database code of every run process
-        (spawned workers, code servers, run launchers' processes) read it."""
+    def as_environment(self) -> dict[str, str]:
+        """Every setting that has a value, by its name: the environment of a child process
+        (`dagster dev`) that must see what this one was given, `.env` or `--env-file`
+        included. Never this process's own: its code reads the settings from this model."""
+        env: dict[str, str] = {}
         for name, field in type(self).model_fields.items():
             value = getattr(self, name)
             if value is None or field.alias is None:
@@ -284,7 +285,15 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             elif isinstance(value, StrEnum):
                 value = value.value
-            os.environ[field.alias] = str(value)
+            env[field.alias] = str(value)
+        return env
+
+    def key_secret(self, *, create: bool = True) -> bytes:
+        """MIGRATION_KEY_SECRET, else the secret kept in DAGSTER_HOME (`db.keyhash`)."""
+        given = self.migration_key_secret
+        return load_secret(
+            given.get_secret_value() if given is not None else "", self.dagster_home, create=create
+        )
 
 
 def http_origin(url: str) -> str:

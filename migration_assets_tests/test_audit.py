@@ -89,7 +89,7 @@ def test_every_check_passes_clean_and_fails_on_its_corruption(
     assert f"different {patient[0]}" in failures[("public/patients", TABLE_CHECKSUM)]["keys"]
     orphans = failures[("public/prescriptions", FOREIGN_KEYS_INTACT)]["orphans"]
     # (encounter_id, line_no) is assigned by the application: named by its keyed hash
-    secret = load_secret({"DAGSTER_HOME": str(m.dagster_home)}, create=False)
+    secret = load_secret("", m.dagster_home, create=False)
     assert label("(99999999,1)", secret) in orphans
     assert "99999999" not in orphans
     assert "encounters" in orphans
@@ -183,6 +183,13 @@ def test_no_patient_data_or_secret_anywhere_even_after_a_duplicate_key(
         haystacks[f"run {run.run_id}"] = "\n".join(
             serialize_value(event) for event in instance.all_logs(run.run_id)
         )
+        # what Dagster stores of a run's resources: their config (a config value of a
+        # resource lands in the job's snapshot; the URLs are a plain object, never config)
+        assert run.job_snapshot_id is not None
+        snapshot = instance.get_job_snapshot(run.job_snapshot_id)
+        haystacks[f"run {run.run_id}'s job"] = serialize_value(snapshot)
+        assert "network_timeout" in haystacks[f"run {run.run_id}'s job"], "no resource config"
+        haystacks[f"run {run.run_id}'s config"] = json.dumps(run.run_config, default=str)
     for path in (isolated_cwd / "audit").iterdir():
         haystacks[path.name] = path.read_text()
     assert len(haystacks) > 5

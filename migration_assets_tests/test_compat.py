@@ -3,7 +3,6 @@
 callers rely on, so a Dagster upgrade that breaks one fails here, by name."""
 
 import multiprocessing as mp
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,12 +108,11 @@ def test_each_check_s_latest_execution_is_found_and_an_unknown_one_is_not(
 
 
 def _open_when_all_are_ready(home: str, ready: Any, failures: Any) -> None:
-    os.environ["DAGSTER_HOME"] = home
     from migration_assets.engine.home import open_instance
 
     ready.wait()
     try:
-        open_instance().dispose()
+        open_instance(Path(home)).dispose()
     except Exception as exc:  # the race's two faces: "already exists", "more than one head"
         failures.put(f"{type(exc).__name__}: {str(exc)[:120]}")
 

@@ -98,17 +98,16 @@ def test_labels_are_keyed_and_parse_back() -> None:
 
 
 def test_secret_is_the_setting_or_one_file_made_once(tmp_path: Path) -> None:
-    env = {"DAGSTER_HOME": str(tmp_path)}
     with pytest.raises(MigrationError, match="there is no"):
-        load_secret(env, create=False)
-    first = load_secret(env)
+        load_secret("", tmp_path, create=False)
+    first = load_secret("", tmp_path)
     assert stat.S_IMODE(os.stat(tmp_path / "key_secret").st_mode) == 0o600
-    assert load_secret(env) == first == load_secret(env, create=False)
-    assert load_secret({**env, "MIGRATION_KEY_SECRET": "x" * 20}) == b"x" * 20
+    assert load_secret("", tmp_path) == first == load_secret("", tmp_path, create=False)
+    assert load_secret("x" * 20, tmp_path) == b"x" * 20
     with pytest.raises(MigrationError, match="shorter than 16"):
-        load_secret({"MIGRATION_KEY_SECRET": "short"})
+        load_secret("short", None)
     with pytest.raises(MigrationError, match="MIGRATION_KEY_SECRET"):
-        load_secret({})
+        load_secret("", None)
 
 
 # ------------------------------------------------------------------ real servers
@@ -197,7 +196,7 @@ def test_natural_keys_are_reported_as_keyed_hashes_and_located(
             assert needle not in text, f"a natural key or row value leaked into {where}"
         found = as_number.search(text)
         assert found is None, f"an MRN ({found and found.group()}) leaked into {where}"
-    secret = load_secret({"DAGSTER_HOME": str(m.dagster_home)}, create=False)
+    secret = load_secret("", m.dagster_home, create=False)
     missing, changed = label(MISSING, secret), label(CHANGED, secret)
     orphan = label(ORPHAN, secret)
     edited, added = label(str(EDITED_MRN), secret), label(str(ADDED_MRN), secret)

@@ -107,9 +107,9 @@ def test_the_generated_key_secret_and_its_directory_are_owner_only(
     umask: int, tmp_path: Path
 ) -> None:
     home = tmp_path / "dagster_home"
-    secret = load_secret({"DAGSTER_HOME": str(home)})
+    secret = load_secret("", home)
     assert len(secret) >= 16
     assert _mode(home) == 0o700
     assert _mode(home / SECRET_FILE) == 0o600
-    assert load_secret({"DAGSTER_HOME": str(home)}, create=False) == secret
+    assert load_secret("", home, create=False) == secret
     assert sorted(p.name for p in home.iterdir()) == [SECRET_FILE]

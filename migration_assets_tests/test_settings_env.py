@@ -72,11 +72,18 @@ class Case:
         return dg.DagsterInstance.from_config(str(home or self.m.dagster_home))
 
 
-def clear_settings() -> None:
-    """Commands export their settings into os.environ (for Dagster's EnvVars and run
-    workers); the next command must again find them in `.env` only."""
+def forget_settings() -> None:
+    """The fixture put the settings in the environment; here they live in `.env` only."""
     for name in SETTING_NAMES:
         os.environ.pop(name, None)
+
+
+def clear_settings() -> None:
+    """Commands read `.env` into the one settings model and write none of it into
+    os.environ (the test's own process: `run_cli` runs them here), so the next command
+    again finds each setting in `.env` only."""
+    written = sorted(name for name in SETTING_NAMES if name in os.environ)
+    assert not written, f"a command wrote {written} into os.environ"
 
 
 def target_table_exists(url: str, name: str) -> bool:
@@ -295,7 +302,6 @@ def _shown_by_our_sessions(c: Case, show: str) -> tuple[dict[str, str], str]:
     here from `.env` alone (a command that connects outside a run passes the same settings'
     `timeouts()`)."""
     settings = load_settings()
-    settings.export_environment()  # as a run's process has them: EnvVars resolve from there
     try:
         with (
             dg.build_resources(build_resources(settings)) as resources,
@@ -384,7 +390,7 @@ def _webserver(c: Case) -> None:
 
 @pytest.fixture
 def restored_environment() -> Iterator[None]:
-    """Commands export settings into os.environ directly; the next test must not see them."""
+    """Whatever a case sets in os.environ itself, the next test must not see it."""
     saved = dict(os.environ)
     yield
     os.environ.clear()
@@ -400,7 +406,7 @@ def test_a_setting_only_in_dotenv_takes_effect(
 ) -> None:
     assert name in CASES, f"{name} has no case in {__name__}: add one that observes its effect"
     made = migration()
-    clear_settings()  # the fixture put them in the environment; here they live in .env only
+    forget_settings()
     CASES[name](Case(made, isolated_cwd))
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.errors import MigrationError
-from migration_assets.defs.resources import SourceDatabase
+from migration_assets.defs.resources import Secrets, SourceDatabase
 from migration_assets.devstack.stack import DevStack
 from migration_assets_tests.conftest import Databases, MigrationFactory
 from migration_assets_tests.helpers import run_cli, tls_metadata
@@ -93,7 +93,7 @@ def test_the_source_resource_refuses_a_non_local_source_before_connecting(
 ) -> None:
     """The resource judges its own URL (a run may get its settings elsewhere than the CLI:
     the UI, a run launcher's container): nothing is attempted, both ways of connecting."""
-    source = SourceDatabase(url=listener.url(sslmode=sslmode))
+    source = SourceDatabase(secrets=Secrets(source_url=listener.url(sslmode=sslmode)))
     with pytest.raises(MigrationError) as caught, source.connect():
         pass
     _refusal_named(str(caught.value))
@@ -102,7 +102,9 @@ def test_the_source_resource_refuses_a_non_local_source_before_connecting(
     _refusal_named(str(lent.value))
     assert listener.attempts() == 0, "the resource connected before judging the URL"
 
-    relaxed = SourceDatabase(url=listener.url(sslmode=sslmode), tls="unverified")
+    relaxed = SourceDatabase(
+        secrets=Secrets(source_url=listener.url(sslmode=sslmode)), tls="unverified"
+    )
     with pytest.raises(MigrationError) as timed_out, relaxed.connect():
         pass
     assert "SOURCE_SSLROOTCERT" not in str(timed_out.value), "unverified was not honoured"

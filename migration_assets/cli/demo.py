@@ -12,7 +12,6 @@ the servers unless --keep keeps it.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import shutil
 import tempfile
@@ -109,8 +108,8 @@ def run_demo(
         with _phase(timings, "plan", console):
             write_plan(stack.source_url, plan_path, app_queries=CLINIC_QUERIES)
         settings = demo_settings(plan_path)
-        os.environ.update(stack.env() | settings)
-        session = Session.open(load_settings(env_file=None), plan_path)
+        stack.use_dagster_storage()
+        session = Session.open(load_settings(env_file=None, **stack.env(), **settings), plan_path)
         with _phase(timings, "migrate", console):
             report = _migrate(session, workers)
         if report.audit:

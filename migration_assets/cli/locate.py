@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def cmd_locate(args: argparse.Namespace) -> int:
     """Stream key text from one server, hash it with the operator's secret, print positions:
     the operator gets a `SELECT ... WHERE ctid = ...` to run, never the key itself."""
-    from migration_assets.db.keyhash import KEY_PREFIX, ROW_PREFIX, load_secret, parse_label
+    from migration_assets.db.keyhash import KEY_PREFIX, ROW_PREFIX, parse_label
     from migration_assets.db.locate import find_rows
     from migration_assets.db.session import connect
     from migration_assets.plan import load_plan
@@ -33,8 +33,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         raise PlanError(str(exc)) from None
     plan = load_plan(settings.plan_path(args.plan))
     tables = _locate_tables(plan, args.table, kind)
-    settings.export_environment()
-    secret = load_secret(create=False)
+    secret = settings.key_secret(create=False)
     dsn, setting = (
         (settings.source_dsn, "SOURCE_DATABASE_URL")
         if args.on == "source"

@@ -40,7 +40,6 @@ def check_reports(args: argparse.Namespace) -> int:
     from migration_assets.report import check_chain, compare_anchor, report_key
 
     settings = load_settings(args.env_file)
-    settings.export_environment()  # the secret and DAGSTER_HOME, .env's included
     secret, from_where = _secret(settings)
     found = check_chain(args.check, report_key(secret))
     out.print(_summary(found, from_where), soft_wrap=True, markup=False)
@@ -73,10 +72,10 @@ def check_reports(args: argparse.Namespace) -> int:
 
 def _secret(settings: Settings) -> tuple[bytes, str]:
     """The secret of the runs that wrote the reports: never a new one (it could not match)."""
-    from migration_assets.db.keyhash import SECRET_ENV, SECRET_FILE, load_secret
+    from migration_assets.db.keyhash import SECRET_ENV, SECRET_FILE
 
     try:
-        secret = load_secret(create=False)
+        secret = settings.key_secret(create=False)
     except MigrationError as exc:
         raise MigrationError(
             "the reports' digests are keyed with the secret of the runs that wrote them: set "
@@ -162,7 +161,7 @@ def _dagster_records(settings: Settings, chain: str) -> list[tuple[int, str]]:
     from migration_assets.defs.anchors import dagster_anchors
 
     try:
-        with dg.DagsterInstance.get() as instance:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
             return dagster_anchors(instance, chain)
     except Exception as exc:  # any storage failure: this anchor is not checked
         first = (str(exc).splitlines() or [""])[0][:200]

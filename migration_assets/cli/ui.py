@@ -73,7 +73,8 @@ class Launch:
 
     shown: list[tuple[str, str]]
     demo: bool
-    env: dict[str, str] = field(default_factory=dict)
+    home: Path  # DAGSTER_HOME
+    env: dict[str, str] = field(default_factory=dict)  # the settings `dagster dev` gets
 
 
 # ------------------------------------------------------------------ the command
@@ -95,7 +96,7 @@ def run_ui(
             launch = _prepare(
                 env_file, demo, demo_options or DemoOptions(), limit, console, cleanup
             )
-            applied = apply_pool_limit(limit)
+            applied = apply_pool_limit(launch.home, limit)
             console.print(f"starting dagster dev (webserver and daemon) on port {port}")
             proc = start_dagster_dev(port, launch.env)
             cleanup.callback(_stop_dagster_dev, proc, console)
@@ -127,7 +128,7 @@ def _prepare(
         launch = prepare_demo(options, limit, console, cleanup, settings.migration_pg_bin)
     else:
         launch = prepare_configured(settings)
-    launch.env = _child_environment()
+    launch.env = _child_environment(launch.env)
     return launch
 
 
@@ -143,9 +144,12 @@ def prepare_configured(settings: Settings) -> Launch:
     """The user's databases and instance; Session.open validates the plan and DAGSTER_HOME."""
     from migration_assets.engine.session import Session
 
-    Session.open(settings, settings.plan_path()).instance.dispose()
+    session = Session.open(settings, settings.plan_path())
+    session.instance.dispose()
     shown = [(k, v) for k, v in settings.describe().items() if v]
-    return Launch(shown=shown, demo=False)
+    env = settings.as_environment() | {"MIGRATION_PLAN": str(session.plan_path.resolve())}
+    assert settings.dagster_home is not None  # Session.open requires it
+    return Launch(shown=shown, demo=False, home=settings.dagster_home, env=env)
 
 
 def prepare_demo(
@@ -175,16 +179,18 @@ def prepare_demo(
         min_partitions=options.min_partitions,
         split_above=options.split_above,
     )
-    os.environ.update(stack.env() | demo_settings(plan_path))
-    Session.open(load_settings(env_file=None), plan_path).instance.dispose()
+    values = stack.env() | demo_settings(plan_path)
+    stack.use_dagster_storage()
+    Session.open(load_settings(env_file=None, **values), plan_path).instance.dispose()
     shown = [*stack.describe(), ("plan", f"{plan_path} ({plan.total_partitions()} partitions)")]
     console.print(f"seeded {options.patients:,} patients; plan written")
-    return Launch(shown=shown, demo=True)
+    return Launch(shown=shown, demo=True, home=stack.dagster_home, env=values)
 
 
-def _child_environment() -> dict[str, str]:
-    """Settings were exported into os.environ (Session.open); dagster dev inherits them."""
-    env = dict(os.environ)
+def _child_environment(settings: dict[str, str]) -> dict[str, str]:
+    """This process's environment with the settings it was given (from `.env`, `--env-file`
+    or the demo's stack): what `dagster dev` and every process it starts read them from."""
+    env = dict(os.environ) | settings
     env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # "use dg dev": not for operators
     return env
@@ -193,13 +199,13 @@ def _child_environment() -> dict[str, str]:
 # ------------------------------------------------------------------ the pool limit
 
 
-def apply_pool_limit(limit: int) -> bool:
-    """The `supabase_target` pool's limit in the instance at DAGSTER_HOME (see engine.home)."""
+def apply_pool_limit(home: Path, limit: int) -> bool:
+    """The `supabase_target` pool's limit in the instance at `home` (see engine.home)."""
     from dagster import DagsterInstance
 
     from migration_assets.engine.home import apply_pool_limit as apply
 
-    with DagsterInstance.get() as instance:
+    with DagsterInstance.from_config(str(home)) as instance:
         return apply(instance, limit)
 
 

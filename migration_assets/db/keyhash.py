@@ -27,7 +27,6 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Mapping
 from pathlib import Path
 
 from migration_assets.db.errors import MigrationError
@@ -92,13 +91,12 @@ def unwrap_record(text: str) -> str:
     return "".join(out)
 
 
-def load_secret(environ: Mapping[str, str] | None = None, *, create: bool = True) -> bytes:
-    """MIGRATION_KEY_SECRET, else `$DAGSTER_HOME/key_secret` (created once, 0600).
+def load_secret(given: str, home: Path | None, *, create: bool = True) -> bytes:
+    """`given` (MIGRATION_KEY_SECRET), else `home/key_secret` (DAGSTER_HOME; created once,
+    0600).
 
     `create=False` (for `locate`): a missing file is an error, since a fresh secret could
     not match any hash already reported."""
-    env = os.environ if environ is None else environ
-    given = env.get(SECRET_ENV, "")
     if given:
         if len(given) < MIN_SECRET_CHARS:
             raise MigrationError(
@@ -106,14 +104,13 @@ def load_secret(environ: Mapping[str, str] | None = None, *, create: bool = True
                 "value, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`"
             )
         return given.encode("utf-8")
-    home = env.get("DAGSTER_HOME", "")
-    if not home:
+    if home is None:
         raise MigrationError(
             f"natural keys are reported as keyed hashes, which need a secret: set {SECRET_ENV} "
             "(a random value you keep) or DAGSTER_HOME (a secret is then kept in "
             f"$DAGSTER_HOME/{SECRET_FILE})"
         )
-    path = Path(home) / SECRET_FILE
+    path = home / SECRET_FILE
     if not create and not path.exists():
         raise MigrationError(
             f"there is no {path}: the hashes were made with another secret. Use the "

@@ -10,7 +10,7 @@ its own check result in the UI.
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import dagster as dg
 
@@ -23,7 +23,12 @@ from migration_assets.defs.finish import (
 from migration_assets.defs.liveness import lost_migration_runs
 from migration_assets.defs.readiness import build_pooler_check, tls_in_use
 from migration_assets.defs.report import build_report_asset
-from migration_assets.defs.resources import MigrationOptions, SourceDatabase, TargetDatabase
+from migration_assets.defs.resources import (
+    MigrationOptions,
+    Secrets,
+    SourceDatabase,
+    TargetDatabase,
+)
 from migration_assets.defs.schema import (
     build_preflight_asset,
     build_schema_asset,
@@ -34,30 +39,30 @@ from migration_assets.plan import MigrationPlan
 from migration_assets.settings import Settings
 
 
-def _optional_env(name: str) -> str | dg.EnvVar:
-    """Optional settings stay optional: an EnvVar that is unset fails at run time."""
-    return dg.EnvVar(name) if os.environ.get(name) else ""
-
-
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:  # type: ignore[type-arg]
-    """Secrets as EnvVars (read when a run starts, never stored with it); knobs as values."""
+def build_resources(settings: Settings, plan_path: Path | None = None) -> dict[str, object]:
+    """Knobs as config values (shown with every run); secrets as one plain object that the
+    databases depend on (`Secrets`: never stored with a run)."""
     timeouts = settings.timeouts()
+    secrets = Secrets.from_settings(settings)
+    if plan_path is not None:  # `--plan` wins over MIGRATION_PLAN, in every step too
+        settings = settings.model_copy(update={"migration_plan": plan_path})
     return {
+        "settings": settings,  # for the cutover and verify jobs' steps (`Setup`)
+        "secrets": secrets,
         "source": SourceDatabase(
-            url=dg.EnvVar("SOURCE_DATABASE_URL"),
+            secrets=secrets,
             network_timeout=timeouts.network,
             statement_timeout=timeouts.statement,
-            sslrootcert=_optional_env("SOURCE_SSLROOTCERT"),
+            sslrootcert=settings.source_ca or "",
             tls=settings.migration_source_tls.value,
         ),
         "target": TargetDatabase(
-            url=dg.EnvVar("SUPABASE_DB_URL"),
+            secrets=secrets,
             network_timeout=timeouts.network,
             statement_timeout=timeouts.statement,
-            sslrootcert=_optional_env("SUPABASE_SSLROOTCERT"),
-            pooler_url=_optional_env("SUPABASE_POOLER_URL"),
+            sslrootcert=settings.sslrootcert or "",
         ),
-        "options": MigrationOptions.from_settings(settings),
+        "options": MigrationOptions.from_settings(settings, plan_path),
     }
 
 
@@ -82,13 +87,15 @@ def build_checks(plan: MigrationPlan) -> list[dg.AssetChecksDefinition]:
     ]
 
 
-def build_definitions(plan: MigrationPlan, settings: Settings) -> dg.Definitions:
+def build_definitions(
+    plan: MigrationPlan, settings: Settings, plan_path: Path | None = None
+) -> dg.Definitions:
     # In-process: a step is one slice, so a subprocess per step (the default) would cost
     # more than the copy and hold a pool slot while it starts.
     return dg.Definitions(
         assets=build_assets(plan),
         asset_checks=build_checks(plan),
         sensors=[lost_migration_runs],
-        resources=build_resources(settings),
+        resources=build_resources(settings, plan_path),
         executor=dg.in_process_executor,
     )

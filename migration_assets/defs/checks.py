@@ -4,7 +4,7 @@ One subsettable multi-check per table, so the UI can run a single check while a 
 `verify` shares one scan between the row count and the checksum.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -20,7 +20,6 @@ from migration_assets.db.keyhash import (
     KEY_PREFIX,
     ROW_PREFIX,
     label,
-    load_secret,
     unwrap_record,
 )
 from migration_assets.defs.keys import (
@@ -137,13 +136,13 @@ def _run_checks(
         if TABLE_ROW_COUNT in selected:
             yield _row_count_result(comparison)
         if TABLE_CHECKSUM in selected:
-            labels = KeyLabels(table)
+            labels = KeyLabels(table, target.secrets.key)
             diff = None
             if not comparison.equal:
                 diff = _localise(source, target, table, comparison, labels)
             yield _checksum_result(comparison, diff, labels)
     if FOREIGN_KEYS_INTACT in selected:
-        yield _foreign_keys_result(source, target, table, KeyLabels(table))
+        yield _foreign_keys_result(source, target, table, KeyLabels(table, target.secrets.key))
     with target.lend() as conn:
         if selected & {RLS_ENABLED, NO_API_GRANTS}:
             posture = security_posture(
@@ -200,16 +199,17 @@ class KeyLabels:
     other key and key-less rows as keyed hashes (db/keyhash.py), the secret read only when
     one is needed."""
 
-    def __init__(self, table: TablePlan) -> None:
+    def __init__(self, table: TablePlan, secret: Callable[[], bytes]) -> None:
         self.keyed = bool(table.key)
         self.plain = table.plain_key
+        self._load = secret
         self._secret: bytes | None = None
 
     def __call__(self, key_text: str) -> str:
         if self.plain:
             return key_text
         if self._secret is None:
-            self._secret = load_secret()
+            self._secret = self._load()
         return label(key_text, self._secret, prefix=KEY_PREFIX if self.keyed else ROW_PREFIX)
 
     def from_record(self, record_text: str, columns: int) -> str:

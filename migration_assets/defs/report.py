@@ -8,7 +8,6 @@ so: anything not verified is listed as a problem, never left out.
 import datetime as dt
 import getpass
 import hashlib
-import os
 import platform
 import socket
 from pathlib import Path
@@ -18,7 +17,6 @@ import dagster as dg
 from dagster import AssetExecutionContext, DagsterInstance
 
 from migration_assets import __version__
-from migration_assets.db.keyhash import load_secret
 from migration_assets.defs.anchors import RECORDED, anchored_in, write_anchored
 from migration_assets.defs.checks import check_names
 from migration_assets.defs.evidence import check_entry, table_entry, verdicts, when
@@ -43,10 +41,9 @@ from migration_assets.defs.keys import (
     TLS_IN_USE,
     VERIFY_JOB,
 )
-from migration_assets.defs.resources import TargetDatabase
+from migration_assets.defs.resources import MigrationOptions, TargetDatabase
 from migration_assets.plan import MigrationPlan
 from migration_assets.report import prepare_report, render_markdown, report_key
-from migration_assets.settings import SettingsError, load_settings
 
 __all__ = ["collect_report", "report_dir", "unverified"]
 
@@ -63,13 +60,6 @@ GLOBAL_CHECKS = [
 
 class ReportConfig(dg.Config):
     out_dir: str = ""  # default: $DAGSTER_HOME/audit
-
-
-def _configuration() -> dict[str, str]:
-    try:
-        return load_settings().describe()
-    except SettingsError as exc:
-        return {"error": str(exc).splitlines()[0]}
 
 
 def _cutover(instance: DagsterInstance) -> dict[str, Any] | None:
@@ -91,7 +81,11 @@ def _latest_metadata(instance: DagsterInstance, key: dg.AssetKey) -> dict[str, A
 
 
 def collect_report(
-    instance: DagsterInstance, plan: MigrationPlan, plan_path: Path, out_dir: Path | None = None
+    instance: DagsterInstance,
+    plan: MigrationPlan,
+    plan_path: Path,
+    settings_shown: dict[str, str],
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the auditor needs, from the instance; nothing from the patient rows.
     `out_dir`: where the report goes, for the commands that clear its problems."""
@@ -120,7 +114,7 @@ def collect_report(
             "dagster": dg.__version__,
             "python": platform.python_version(),
         },
-        "configuration": _configuration(),
+        "configuration": dict(settings_shown),  # as the runs had them, masked
         "plan": {
             "path": str(plan_path),
             "sha256": hashlib.sha256(plan_path.read_bytes()).hexdigest(),
@@ -168,13 +162,9 @@ def _tls(check: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def report_dir(config_dir: str) -> Path:
-    if config_dir:
-        return Path(config_dir)
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        raise dg.Failure(description="set DAGSTER_HOME or give out_dir for the audit report")
-    return Path(home) / "audit"
+def report_dir(config_dir: str, instance: DagsterInstance) -> Path:
+    """`out_dir`, else `audit` in the instance's DAGSTER_HOME."""
+    return Path(config_dir) if config_dir else Path(instance.root_directory) / "audit"
 
 
 def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
@@ -206,14 +196,19 @@ def build_report_asset(plan: MigrationPlan) -> dg.AssetsDefinition:
         ],
     )
     def migration_audit_report(
-        context: AssetExecutionContext, config: ReportConfig, target: TargetDatabase
+        context: AssetExecutionContext,
+        config: ReportConfig,
+        target: TargetDatabase,
+        options: MigrationOptions,
     ) -> dg.MaterializeResult:  # type: ignore[type-arg]  # Dagster reads this annotation
-        plan_path = Path(os.environ.get("MIGRATION_PLAN", "plan.json"))
-        directory = report_dir(config.out_dir)
-        report = collect_report(context.instance, plan, plan_path, directory)
+        plan_path = Path(options.plan_path or "plan.json")
+        directory = report_dir(config.out_dir, context.instance)
+        report = collect_report(
+            context.instance, plan, plan_path, options.settings_shown, directory
+        )
         report["anchors"] = anchored_in()
         with as_failure("audit report"):
-            prepared = prepare_report(report, directory, report_key(load_secret()))
+            prepared = prepare_report(report, directory, report_key(target.secrets.key()))
             json_path, md_path, anchor = write_anchored(prepared, target)
         if anchor != RECORDED:
             context.log.warning(f"report #{prepared.sequence}: target anchor {anchor}")

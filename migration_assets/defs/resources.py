@@ -1,17 +1,21 @@
 """One resource per database, handing out pinned connections; one for the non-secret knobs.
 
-Values come from the one `Settings` model (environment or `.env`) when definitions load;
-secrets stay `EnvVar`s so they are read at run time and never stored with a run.
+Values come from the one `Settings` model (environment or `.env`) of the process that builds
+the definitions: the CLI, or the code location (and each run worker that loads it). Knobs
+are config fields, shown with every run. Secrets are not: Dagster stores a resource's config
+values in every run's job snapshot, so the URLs and the key secret travel as `Secrets`, a
+plain object the databases depend on, which Dagster neither reads nor stores.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Dagster reads `ResourceDependency` fields at runtime.
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, SecretStr
 
 from migration_assets.db.dsn import (
     SOURCE_TLS_VERIFY,
@@ -22,6 +26,7 @@ from migration_assets.db.dsn import (
     with_params,
 )
 from migration_assets.db.errors import MigrationError
+from migration_assets.db.keyhash import load_secret
 from migration_assets.db.session import (
     DEFAULT_TIMEOUTS,
     Connection,
@@ -35,6 +40,35 @@ from migration_assets.defs.shipped import shipped_file
 from migration_assets.settings import SchemaMode, Settings
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """The settings that must never be stored with a run or shown (no repr): the URLs with
+    their passwords, and the secret that names natural keys in reports."""
+
+    source_url: str = field(default="", repr=False)
+    target_url: str = field(default="", repr=False)
+    pooler_url: str = field(default="", repr=False)
+    key_secret: str = field(default="", repr=False)
+    home: Path | None = None  # DAGSTER_HOME, where the key secret is kept when not given
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Secrets":
+        def text(value: SecretStr | None) -> str:
+            return value.get_secret_value() if value is not None else ""
+
+        return cls(
+            source_url=text(settings.source_database_url),
+            target_url=text(settings.supabase_db_url),
+            pooler_url=text(settings.supabase_pooler_url),
+            key_secret=text(settings.migration_key_secret),
+            home=settings.dagster_home,
+        )
+
+    def key(self) -> bytes:
+        """MIGRATION_KEY_SECRET, else the secret kept in DAGSTER_HOME (created once)."""
+        return load_secret(self.key_secret, self.home)
+
+
 class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Non-secret knobs from the settings, shown with every run's resources."""
 
@@ -42,14 +76,19 @@ class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
     alembic_config: str = ""
     pg_bin: str = ""
     defer_indexes_above: int = 100_000
+    plan_path: str = ""  # the plan file the definitions were built from (MIGRATION_PLAN)
+    settings_shown: dict[str, str] = {}  # every setting as it may be shown (masked)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MigrationOptions:
+    def from_settings(cls, settings: Settings, plan_path: Path | None = None) -> "MigrationOptions":
+        plan = plan_path or settings.migration_plan
         return cls(
             schema_mode=settings.migration_schema_mode.value,
             alembic_config=str(settings.migration_alembic_config or ""),
             pg_bin=str(settings.migration_pg_bin or ""),
             defer_indexes_above=settings.migration_defer_indexes_above,
+            plan_path=str(plan.resolve()) if plan else "",
+            settings_shown=settings.describe(),
         )
 
     def alembic_ini(self) -> Path:
@@ -79,11 +118,15 @@ class SourceDatabase(_Database):
     verified TLS unless `tls` is `unverified`, judged here before any connect (as the target
     is): a run's settings may come from elsewhere than the CLI that checked them."""
 
-    url: str
+    secrets: dg.ResourceDependency[Secrets]
     sslrootcert: str = ""  # SOURCE_SSLROOTCERT, unless the URL names its own
     tls: str = SOURCE_TLS_VERIFY  # MIGRATION_SOURCE_TLS
     _checked: bool = PrivateAttr(default=False)
     _spare: Spare = PrivateAttr(default_factory=Spare)
+
+    @property
+    def url(self) -> str:
+        return self.secrets.source_url
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._spare.close()
@@ -132,12 +175,19 @@ class SourceDatabase(_Database):
 class TargetDatabase(_Database):
     """Supabase over the direct connection; TLS rules are enforced before any connect."""
 
-    url: str
+    secrets: dg.ResourceDependency[Secrets]
     sslrootcert: str = ""
-    pooler_url: str = ""
     _checked: bool = PrivateAttr(default=False)
     _heartbeat: Heartbeat | None = PrivateAttr(default=None)
     _spare: Spare = PrivateAttr(default_factory=Spare)
+
+    @property
+    def url(self) -> str:
+        return self.secrets.target_url
+
+    @property
+    def pooler_url(self) -> str:
+        return self.secrets.pooler_url
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """A run that may hold the target beats while it lives (see defs/liveness.py)."""

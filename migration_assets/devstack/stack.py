@@ -295,6 +295,12 @@ class DevStack:
             values["SUPABASE_POOLER_URL"] = self.pooler_url
         return values
 
+    def use_dagster_storage(self) -> None:
+        """Let this process open the stack's Dagster instance: its dagster.yaml takes the
+        storage password from the environment (`env: DAGSTER_PG_PASSWORD`), as
+        deploy/dagster.yaml does. Dagster's own configuration, not one of our settings."""
+        os.environ["DAGSTER_PG_PASSWORD"] = self.passwords["dagster"]
+
     def write_env_file(self, path: Path | None = None) -> Path:
         """A 0600 file of `export` lines: secrets go to disk for the user, never to stdout;
         through a fresh file, never through a name someone put there first."""

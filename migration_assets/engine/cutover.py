@@ -42,6 +42,7 @@ from migration_assets.engine.cutover_state import (
 )
 from migration_assets.engine.delta import final_delta
 from migration_assets.engine.record import record_report
+from migration_assets.settings import Settings
 
 
 class CutoverConfig(dg.Config):
@@ -51,8 +52,10 @@ class CutoverConfig(dg.Config):
 
 
 @dg.op(description="Refuse unless every partition is verified and the last checks passed.")
-def cutover_ready(context: dg.OpExecutionContext, config: CutoverConfig) -> bool:
-    setup = Setup.load()
+def cutover_ready(
+    context: dg.OpExecutionContext, settings: dg.ResourceParam[Settings], config: CutoverConfig
+) -> bool:
+    setup = Setup.load(settings)
     state = CutoverState.load(setup.settings)
     if state.phase in (FREEZING, FROZEN):
         context.log.info("resuming: the source was frozen by an unfinished cutover")
@@ -77,9 +80,12 @@ def cutover_ready(context: dg.OpExecutionContext, config: CutoverConfig) -> bool
 
 @dg.op(description="Stop writes to the source (new sessions read-only, old ones ended).")
 def source_frozen(
-    context: dg.OpExecutionContext, config: CutoverConfig, source: SourceDatabase, resuming: bool
+    context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    config: CutoverConfig,
+    source: SourceDatabase,
+    resuming: bool,
 ) -> dict[str, Any]:
-    settings = Setup.load().settings
     state = CutoverState.load(settings)
     with source.connect() as conn:
         if resuming and is_frozen(conn):
@@ -121,13 +127,14 @@ def _quiet_or_refuse(conn: Any) -> dict[str, Any]:
 @dg.op(description="Prove no write reached the source, record the evidence, write app env.")
 def switch_application(
     context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
     config: CutoverConfig,
     source: SourceDatabase,
     target: TargetDatabase,
     frozen: dict[str, Any],
     delta: dict[str, Any],
 ) -> dict[str, Any]:
-    setup = Setup.load()
+    setup = Setup.load(settings)
     record = FreezeRecord.from_dict(frozen)
     with source.connect() as conn:
         quiet, end = quiescent(conn, record.position)
@@ -141,7 +148,7 @@ def switch_application(
             "nothing was switched. Run `migration-assets cutover --rollback`, find the writer, "
             "then cut over again."
         )
-    written = record_report(context, setup.plan, setup.audit_dir, target)
+    written = record_report(context, setup.plan, setup.audit_dir, target, setup.options)
     if config.app_env:
         write_app_env(setup.settings, config.app_env)
     if frozen.get("frozen_by_us", True):  # --no-freeze changed nothing to undo
@@ -175,9 +182,12 @@ def _evidence(
 
 @dg.op(description="Undo the freeze exactly (the setting it changed) and record it.")
 def source_unfrozen(
-    context: dg.OpExecutionContext, source: SourceDatabase, target: TargetDatabase
+    context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    source: SourceDatabase,
+    target: TargetDatabase,
 ) -> dict[str, Any]:
-    setup = Setup.load()
+    setup = Setup.load(settings)
     state = CutoverState.load(setup.settings)
     with source.connect() as conn:
         frozen = is_frozen(conn)
@@ -198,7 +208,7 @@ def source_unfrozen(
     }
     context.log_event(dg.AssetMaterialization(CUTOVER_KEY, metadata=evidence))
     state.save_rolled_back(setup.settings)
-    record_report(context, setup.plan, setup.audit_dir, target)
+    record_report(context, setup.plan, setup.audit_dir, target, setup.options)
     return evidence
 
 

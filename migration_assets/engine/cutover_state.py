@@ -21,9 +21,10 @@ from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.freeze import FreezeRecord
 from migration_assets.defs.keys import FOREIGN_KEYS_INTACT, TABLE_CHECKSUM, TABLE_ROW_COUNT
 from migration_assets.defs.report import collect_report, unverified
+from migration_assets.defs.resources import MigrationOptions
 from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets.private import write_private
-from migration_assets.settings import Settings, load_settings
+from migration_assets.settings import Settings
 
 FREEZING, FROZEN, SWITCHED, ROLLED_BACK = "freezing", "frozen", "switched", "rolled back"
 
@@ -99,24 +100,29 @@ def readiness_problems(instance: dg.DagsterInstance, setup: Setup) -> list[str]:
     """What the audit report calls unverified: every partition materialized with its slice
     checks, every schema, security and global check passed (none stale since its table
     last changed), bar the whole-table comparisons the final delta re-runs."""
-    report = collect_report(instance, setup.plan, setup.plan_path)
+    report = collect_report(instance, setup.plan, setup.plan_path, setup.settings.describe())
     return unverified(report, ignore=RECHECKED_AFTER_FREEZE)
 
 
 @dataclass(frozen=True)
 class Setup:
-    """What each step of the cutover jobs works from: the settings and the plan of the code
-    location (the CLI and the code location put both in the environment)."""
+    """What each step of the cutover jobs works from: the settings the definitions were
+    built with (the `settings` resource, a plain object never stored with a run) and their
+    plan."""
 
     settings: Settings
     plan_path: Path
     plan: MigrationPlan
 
     @classmethod
-    def load(cls) -> Setup:
-        settings = load_settings(env_file=None)
+    def load(cls, settings: Settings) -> Setup:
         path = settings.plan_path()
         return cls(settings, path, load_plan(path))
+
+    @property
+    def options(self) -> MigrationOptions:
+        """The report's knobs, as the definitions' `options` resource holds them."""
+        return MigrationOptions.from_settings(self.settings, self.plan_path)
 
     @property
     def audit_dir(self) -> Path:

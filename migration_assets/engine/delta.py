@@ -30,6 +30,7 @@ from migration_assets.engine.record import record_checks, record_result
 from migration_assets.engine.timer import Timer
 from migration_assets.engine.work import Status, partition_statuses
 from migration_assets.plan import MigrationPlan
+from migration_assets.settings import Settings
 
 Delta = dict[str, Any]  # redo: [[table, partition]], recheck: [table], phases: {name: seconds}
 
@@ -57,11 +58,12 @@ def _not_materialized(instance: dg.DagsterInstance, plan: MigrationPlan) -> set[
 )
 def slices_compared(
     context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
     source: SourceDatabase,
     target: TargetDatabase,
     frozen: dict[str, Any],  # after the freeze: nothing the source holds changes any more
 ) -> Delta:
-    setup, timer = Setup.load(), Timer()
+    setup, timer = Setup.load(settings), Timer()
     with timer.phase("checks"):
         redo = _not_materialized(context.instance, setup.plan)
         recheck: set[str] = set()
@@ -95,11 +97,12 @@ def slices_compared(
 )
 def slices_recopied(
     context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
     source: SourceDatabase,
     target: TargetDatabase,
     delta: Delta,
 ) -> Delta:
-    setup, timer = Setup.load(), Timer(dict(delta["phases"]))
+    setup, timer = Setup.load(settings), Timer(dict(delta["phases"]))
     copied = rows = 0
     with timer.phase("re-copy"), stays_frozen():
         for qualified, pk in delta["redo"]:
@@ -126,11 +129,12 @@ def slices_recopied(
 )
 def target_finished(
     context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
     source: SourceDatabase,
     target: TargetDatabase,
     delta: Delta,
 ) -> Delta:
-    plan, timer = Setup.load().plan, Timer(dict(delta["phases"]))
+    plan, timer = Setup.load(settings).plan, Timer(dict(delta["phases"]))
     with timer.phase("indexes and sequences"), stays_frozen():
         indexes = rebuild_indexes(plan, source, target, context.log.info)
         failed = _failing(record_result(context, INDEXES_KEY, indexes))
@@ -151,11 +155,12 @@ def target_finished(
 )
 def tables_rechecked(
     context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
     source: SourceDatabase,
     target: TargetDatabase,
     delta: Delta,
 ) -> dict[str, Any]:
-    plan, timer = Setup.load().plan, Timer(dict(delta["phases"]))
+    plan, timer = Setup.load(settings).plan, Timer(dict(delta["phases"]))
     failed: list[str] = []
     with timer.phase("re-checks"):
         for table in [plan.table(name) for name in delta["recheck"]]:

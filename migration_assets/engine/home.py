@@ -50,17 +50,16 @@ def prepare_dagster_home(home: Path) -> None:
         write_private(config, FRESH_HOME_YAML)
 
 
-def prepare_process(settings: Settings, plan_path: Path) -> None:
-    """What every process of one migration inherits: the settings in the environment
-    (resources read secrets from it at run time), the plan's path, DAGSTER_HOME's config."""
+def prepare_process(settings: Settings) -> Path:
+    """What a migration's process needs before Dagster: the settings it cannot do without,
+    and DAGSTER_HOME's config; that home."""
     settings.require("SOURCE_DATABASE_URL", "SUPABASE_DB_URL", "DAGSTER_HOME")
-    settings.export_environment()
-    os.environ["MIGRATION_PLAN"] = str(plan_path.resolve())
     assert settings.dagster_home is not None
     prepare_dagster_home(settings.dagster_home)
+    return settings.dagster_home
 
 
-def open_instance() -> dg.DagsterInstance:
+def open_instance(home: Path) -> dg.DagsterInstance:
     """The instance at DAGSTER_HOME, with a small storage connection pool and the storage's
     answers about its own schema remembered (both in `defs.compat`: no public API has them).
 
@@ -72,24 +71,20 @@ def open_instance() -> dg.DagsterInstance:
 
     from migration_assets.defs.compat import pool_storage_connections, remember_storage_schema
 
-    with _one_opener_at_a_time():
-        instance = dg.DagsterInstance.get()
+    with _one_opener_at_a_time(home):
+        instance = dg.DagsterInstance.from_config(str(home))
     pool_storage_connections(instance)
     remember_storage_schema(instance)
     return instance
 
 
 @contextlib.contextmanager
-def _one_opener_at_a_time() -> Iterator[None]:
+def _one_opener_at_a_time(home: Path) -> Iterator[None]:
     """Dagster creates an empty DAGSTER_HOME's storage on first open, unguarded: two commands
     started together (`ui` in one shell, `migrate` in another) failed with "table runs
     already exists", or stamped the storage's schema twice so that every later open failed
     ("more than one head"). Our processes open the instance one at a time on this host."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:  # Dagster's own error names the missing setting
-        yield
-        return
-    lock = os.open(Path(home) / ".open.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = os.open(home / ".open.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield

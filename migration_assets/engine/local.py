@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import importlib
 import multiprocessing as mp
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +46,8 @@ def start_workers(settings: Settings, plan_path: Path, workers: int) -> WorkerPo
     others = lanes(settings, workers) - 1  # this process is one of the lanes
     if others < 1:
         return None
-    prepare_process(settings, plan_path)  # what they inherit: the exported settings
-    return WorkerPool(plan_path, others)
+    prepare_process(settings)  # DAGSTER_HOME's config, before any worker opens it
+    return WorkerPool(settings, plan_path, others)
 
 
 def unreachable(outcome: Outcome) -> bool:
@@ -78,19 +77,18 @@ class WorkerPool:
     second of imports). A worker opens the instance only once released (`release`): two
     first opens of an empty Dagster storage would race to create its tables."""
 
-    def __init__(self, plan_path: Path, count: int) -> None:
+    def __init__(self, settings: Settings, plan_path: Path, count: int) -> None:
         ctx = mp.get_context("spawn")
         self.todo: mp.Queue[RunSpec | None] = ctx.Queue()
         self.done: mp.Queue[list[Outcome]] = ctx.Queue()
         self.stop = ctx.Event()
         self.go = ctx.Event()
-        env = dict(os.environ)
         self.procs = [
             ctx.Process(
                 target=_worker,
                 args=(
                     str(plan_path),
-                    env,
+                    settings,  # pickled to the worker: the settings themselves, not the env
                     this_process(),
                     self.todo,
                     self.done,
@@ -199,18 +197,16 @@ def _die_with_parent() -> None:
 
 
 def _worker(
-    plan_path: str, env: dict[str, str], driver: str, todo: Any, done: Any, stop: Any, go: Any
+    plan_path: str, settings: Settings, driver: str, todo: Any, done: Any, stop: Any, go: Any
 ) -> None:
     _die_with_parent()
-    os.environ.update(env)
     from migration_assets.engine.session import Session
-    from migration_assets.settings import load_settings
 
     for module in _STORAGE_MODULES:  # most of opening an instance is importing its storage
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
     go.wait()
-    session = Session.open(load_settings(env_file=None), Path(plan_path), driver=driver)
+    session = Session.open(settings, Path(plan_path), driver=driver)
     while not stop.is_set() and (spec := todo.get()) is not None:
         done.put(_execute(session, spec))
 

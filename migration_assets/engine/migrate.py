@@ -225,7 +225,9 @@ def _pool_for(
             pool.close()
         return None
     if pool is None:
-        pool = WorkerPool(session.plan_path, workers - 1)  # imports overlap the schema run
+        pool = WorkerPool(
+            session.settings, session.plan_path, workers - 1
+        )  # imports overlap the head
         pool.release()
         stack.callback(pool.close)
     return pool

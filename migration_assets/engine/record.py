@@ -18,7 +18,7 @@ import dagster as dg
 
 from migration_assets.defs.keys import REPORT_KEY
 from migration_assets.defs.report import ReportConfig, build_report_asset
-from migration_assets.defs.resources import TargetDatabase
+from migration_assets.defs.resources import MigrationOptions, TargetDatabase
 from migration_assets.plan import MigrationPlan
 
 
@@ -94,7 +94,11 @@ def judged_materialization(
 
 
 def record_report(
-    context: dg.OpExecutionContext, plan: MigrationPlan, out_dir: Path, target: TargetDatabase
+    context: dg.OpExecutionContext,
+    plan: MigrationPlan,
+    out_dir: Path,
+    target: TargetDatabase,
+    options: MigrationOptions,
 ) -> bool:
     """The audit report, written by the report asset's own body invoked in this step and
     recorded as its materialization and check; whether it was written. The cutover's work is
@@ -106,6 +110,7 @@ def record_report(
             context=dg.build_asset_context(instance=context.instance),
             config=ReportConfig(out_dir=str(out_dir)),
             target=target,  # the report anchors its digest on the target
+            options=options,
         )
     except Exception as exc:  # as the report's own run failing did not fail the cutover
         why = exc.description if isinstance(exc, dg.Failure) else type(exc).__name__

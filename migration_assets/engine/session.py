@@ -63,10 +63,10 @@ class Session:
         driver: str = "",
     ) -> Session:
         """`driver`: for a worker, the process that owns its pool; otherwise this one."""
-        prepare_process(settings, plan_path)
+        home = prepare_process(settings)
         plan = load_plan(plan_path)
-        defs = build_definitions(plan, settings)
-        instance = instance or open_instance()
+        defs = build_definitions(plan, settings, plan_path)
+        instance = instance or open_instance(home)
         return cls(settings, plan_path, plan, defs, instance, driver or this_process())
 
     @property

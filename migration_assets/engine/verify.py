@@ -22,6 +22,7 @@ from migration_assets.defs.keys import TARGET_POOL, VERIFY_JOB
 from migration_assets.defs.resources import SourceDatabase, TargetDatabase
 from migration_assets.engine.cutover_state import Setup
 from migration_assets.engine.record import record_checks, record_report
+from migration_assets.settings import Settings
 
 
 @dg.op(
@@ -30,9 +31,12 @@ from migration_assets.engine.record import record_checks, record_report
     "grants) on both servers, recorded as those checks' evaluations.",
 )
 def tables_verified(
-    context: dg.OpExecutionContext, source: SourceDatabase, target: TargetDatabase
+    context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    source: SourceDatabase,
+    target: TargetDatabase,
 ) -> dict[str, Any]:
-    plan = Setup.load().plan
+    plan = Setup.load(settings).plan
     failed: list[str] = []
     for table in plan.tables:
         key = dg.AssetKey(table.asset_path)
@@ -58,10 +62,13 @@ def tables_verified(
     description="The audit report, written after the checks and recorded as its asset's.",
 )
 def audit_report_written(
-    context: dg.OpExecutionContext, target: TargetDatabase, verified: dict[str, Any]
+    context: dg.OpExecutionContext,
+    settings: dg.ResourceParam[Settings],
+    target: TargetDatabase,
+    verified: dict[str, Any],
 ) -> None:
-    setup = Setup.load()
-    if not record_report(context, setup.plan, setup.audit_dir, target):
+    setup = Setup.load(settings)
+    if not record_report(context, setup.plan, setup.audit_dir, target, setup.options):
         raise dg.Failure(description="the audit report could not be written (see the log)")
     if verified["failed"]:
         raise dg.Failure(
