@@ -37,7 +37,7 @@ from migration_assets.db.session import (
 )
 from migration_assets.defs.liveness import Heartbeat
 from migration_assets.defs.shipped import shipped_file
-from migration_assets.settings import SchemaMode, Settings
+from migration_assets.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,13 @@ class Secrets:
 
 
 class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Non-secret knobs from the settings, shown with every run's resources."""
+    """Non-secret knobs from the settings, shown with every run's resources. No defaults of
+    their own: `Settings` defines each once (`from_settings`)."""
 
-    schema_mode: str = SchemaMode.ALEMBIC.value
-    alembic_config: str = ""
-    pg_bin: str = ""
-    defer_indexes_above: int = 100_000
+    schema_mode: str
+    alembic_config: str = ""  # "": unset (the lookup in `alembic_ini`)
+    pg_bin: str = ""  # "": unset (the bundled PostgreSQL)
+    defer_indexes_above: int
     plan_path: str = ""  # the plan file the definitions were built from (MIGRATION_PLAN)
     settings_shown: dict[str, str] = {}  # every setting as it may be shown (masked)
 
