@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 
 from migration_assets.db.errors import MigrationError
+from migration_assets.defs.checks import PARTITION_TAG
 from migration_assets.engine.local import ProgressFn
 from migration_assets.engine.session import (
     TAG_LAUNCHED_BY,
@@ -46,7 +47,6 @@ POLL_SECONDS = 0.5
 HTTP_TIMEOUT_SECONDS = 60.0
 LOCATION = "migration_assets"  # the code location's name in workspace.yaml
 ASSET_JOB = "__ASSET_JOB"  # the code location's asset job, which every path runs
-PARTITION_TAG = "dagster/partition"
 ENDED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 WORKSPACE = """
