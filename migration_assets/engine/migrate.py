@@ -224,10 +224,8 @@ def _pool_for(
         if pool is not None:
             pool.close()
         return None
-    if pool is None:
-        pool = WorkerPool(
-            session.settings, session.plan_path, workers - 1
-        )  # imports overlap the head
+    if pool is None:  # its imports overlap the head run
+        pool = WorkerPool(session.settings, session.plan_path, workers - 1)
         pool.release()
         stack.callback(pool.close)
     return pool

@@ -114,7 +114,14 @@ class Session:
             return [self.execute(spec)]
         started = time.perf_counter()
         result = self.materialize(spec)
-        share = (time.perf_counter() - started) / len(spec.members)
+        return self.outcomes(spec, result, time.perf_counter() - started)
+
+    def outcomes(self, spec: RunSpec, result: RunResult, seconds: float) -> list[Outcome]:
+        """A run's outcome per partition it carried, each member's from its own step's
+        events, with an even share of the run's time; wherever the run executed."""
+        if not spec.members:
+            return [summarize(spec, result, seconds)]
+        share = seconds / len(spec.members)
         return [
             summarize(member, StepResult.of(result, self.step_key(member)), share)
             for member in spec.members

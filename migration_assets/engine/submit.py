@@ -32,7 +32,6 @@ from migration_assets.engine.session import (
     Outcome,
     Session,
     StepResult,
-    summarize,
 )
 from migration_assets.engine.work import RunSpec
 from migration_assets.settings import http_origin
@@ -151,22 +150,20 @@ class Remote:
         self.watch = DaemonWatch(self.session.instance)
 
     def execute(self, spec: RunSpec) -> Outcome:
-        started = time.perf_counter()
         run_id = self.launch(spec)
         self.wait({run_id})
-        return summarize(spec, self.stored(run_id), time.perf_counter() - started)
+        return self.outcomes(spec, run_id)[0]
 
     def run(self, specs: list[RunSpec], on_done: ProgressFn) -> tuple[list[Outcome], str]:
         """Every spec launched at once (the queue and the `supabase_target` pool bound how
         many execute), an outcome per partition as each run ends."""
-        started = time.perf_counter()
         launched = {self.launch(spec): spec for spec in specs}
         outcomes: list[Outcome] = []
         pending = set(launched)
         while pending:
             for run_id in self.wait(pending, first=True):
                 pending.discard(run_id)
-                for outcome in self.outcomes(launched[run_id], run_id, started):
+                for outcome in self.outcomes(launched[run_id], run_id):
                     outcomes.append(outcome)
                     on_done(outcome)
         return outcomes, ""
@@ -216,23 +213,15 @@ class Remote:
                     raise DaemonStoppedError(daemon_stopped(silent))
             time.sleep(POLL_SECONDS)
 
-    def stored(self, run_id: str) -> StoredRun:
-        logs = self.session.instance.all_logs(run_id)
-        events = [e.dagster_event for e in logs if e.dagster_event is not None]
-        record = self.session.instance.get_run_by_id(run_id)
-        ok = record is not None and record.status == dg.DagsterRunStatus.SUCCESS
-        return StoredRun(run_id, ok, events)
-
-    def outcomes(self, spec: RunSpec, run_id: str, started: float) -> list[Outcome]:
-        """A run's outcome per partition it carried, as `Session.execute_each` gives them."""
-        run = self.stored(run_id)
-        seconds = time.perf_counter() - started
-        if not spec.members:
-            return [summarize(spec, run, seconds)]
-        return [
-            summarize(member, StepResult.of(run, self.session.step_key(member)), seconds)
-            for member in spec.members
-        ]
+    def outcomes(self, spec: RunSpec, run_id: str) -> list[Outcome]:
+        """An ended run's outcomes as its events in the instance tell them, timed from its
+        start to its end (not from its launch: the queue's wait is Dagster's)."""
+        instance = self.session.instance
+        (record,) = instance.get_run_records(filters=dg.RunsFilter(run_ids=[run_id]))
+        events = [e.dagster_event for e in instance.all_logs(run_id) if e.dagster_event]
+        ok = record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        seconds = (record.end_time or 0.0) - (record.start_time or record.end_time or 0.0)
+        return self.session.outcomes(spec, StoredRun(run_id, ok, events), seconds)
 
 
 @dataclass(frozen=True)
