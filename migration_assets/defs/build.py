@@ -48,7 +48,6 @@ def build_resources(settings: Settings, plan_path: Path | None = None) -> dict[s
         settings = settings.model_copy(update={"migration_plan": plan_path})
     return {
         "settings": settings,  # for the cutover and verify jobs' steps (`Setup`)
-        "secrets": secrets,
         "source": SourceDatabase(
             secrets=secrets,
             network_timeout=timeouts.network,
@@ -62,7 +61,7 @@ def build_resources(settings: Settings, plan_path: Path | None = None) -> dict[s
             statement_timeout=timeouts.statement,
             sslrootcert=settings.sslrootcert or "",
         ),
-        "options": MigrationOptions.from_settings(settings, plan_path),
+        "options": MigrationOptions.from_settings(settings),
     }
 
 

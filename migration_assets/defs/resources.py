@@ -81,8 +81,8 @@ class MigrationOptions(dg.ConfigurableResource):  # type: ignore[type-arg]
     settings_shown: dict[str, str] = {}  # every setting as it may be shown (masked)
 
     @classmethod
-    def from_settings(cls, settings: Settings, plan_path: Path | None = None) -> "MigrationOptions":
-        plan = plan_path or settings.migration_plan
+    def from_settings(cls, settings: Settings) -> "MigrationOptions":
+        plan = settings.migration_plan  # `build_resources` sets it to the plan it was given
         return cls(
             schema_mode=settings.migration_schema_mode.value,
             alembic_config=str(settings.migration_alembic_config or ""),

@@ -122,7 +122,7 @@ class Setup:
     @property
     def options(self) -> MigrationOptions:
         """The report's knobs, as the definitions' `options` resource holds them."""
-        return MigrationOptions.from_settings(self.settings, self.plan_path)
+        return MigrationOptions.from_settings(self.settings)
 
     @property
     def audit_dir(self) -> Path:
