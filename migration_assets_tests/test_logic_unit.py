@@ -17,7 +17,13 @@ from migration_assets.db.errors import VALUE_MASK, MigrationError, mask_values
 from migration_assets.db.schema import idempotent_schemas, tool_error, with_extensions
 from migration_assets.db.session import MIN_SERVER_VERSION, refuse_old_server
 from migration_assets.db.slices import SliceSpec, Strategy, range_cast_type, slice_predicate
-from migration_assets.defs.checks import differing_slices
+from migration_assets.defs.checks import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+    PARTITION_TAG,
+    copies_part_only,
+    differing_slices,
+)
 from migration_assets.defs.compat import remember_storage_schema
 from migration_assets.defs.keys import TABLE_CHECKSUM
 from migration_assets.engine.driver import TAG_DRIVER, has_exited, this_process
@@ -332,3 +338,18 @@ def test_a_source_older_than_the_catalog_this_tool_reads_is_refused_by_version()
         refuse_old_server(110022)
     with pytest.raises(MigrationError, match=r"PostgreSQL 9\.6: "):
         refuse_old_server(90624)
+
+
+def test_whole_table_checks_judge_a_run_only_when_it_copies_every_slice() -> None:
+    """A one-slice table copied in the run, or a range over all slices: the checks are due;
+    one slice of several: they would judge a half-copied table; no partition tag (the
+    Checks tab, verify): due."""
+    one = [WHOLE_TABLE_KEY]
+    three = ["000-aaaaaaaa", "001-bbbbbbbb", "002-cccccccc"]
+    assert not copies_part_only({PARTITION_TAG: WHOLE_TABLE_KEY}, one)
+    assert copies_part_only({PARTITION_TAG: three[1]}, three)
+    assert copies_part_only({PARTITION_TAG: WHOLE_TABLE_KEY}, three)
+    whole = {PARTITION_RANGE_START_TAG: three[0], PARTITION_RANGE_END_TAG: three[-1]}
+    assert not copies_part_only(whole, three)
+    assert copies_part_only({**whole, PARTITION_RANGE_END_TAG: three[1]}, three)
+    assert not copies_part_only({}, three)

@@ -4,7 +4,7 @@ One subsettable multi-check per table, so the UI can run a single check while a 
 `verify` shares one scan between the row count and the checksum.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -39,6 +39,7 @@ KEYS_LISTED = 20
 # the UI shows them: documented strings, not an import of Dagster's internal constants.
 PARTITION_TAG = "dagster/partition"
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 _DESCRIPTIONS = {
     TABLE_ROW_COUNT: "Row count of the whole table equal on source and target.",
@@ -64,8 +65,11 @@ def check_names(table: TablePlan, plan: MigrationPlan) -> list[str]:
 
 def build_table_checks(*, table: TablePlan, plan: MigrationPlan) -> dg.AssetChecksDefinition:
     key = dg.AssetKey(table.asset_path)
+    # Blocking: in a run that also holds the finishing steps (the UI's one run of a graph
+    # whose tables are each one slice), indexes, sequences and the report wait for these
+    # verdicts, so the report that run writes has them; on a failed one they do not run.
     specs = [
-        dg.AssetCheckSpec(name, asset=key, description=_DESCRIPTIONS[name])
+        dg.AssetCheckSpec(name, asset=key, description=_DESCRIPTIONS[name], blocking=True)
         for name in check_names(table, plan)
     ]
 
@@ -79,7 +83,7 @@ def build_table_checks(*, table: TablePlan, plan: MigrationPlan) -> dg.AssetChec
     def _checks(
         context: AssetCheckExecutionContext, source: SourceDatabase, target: TargetDatabase
     ) -> Iterator[dg.AssetCheckResult]:
-        if _in_partition_run(context):
+        if copies_part_only(context.run.tags, table.partition_keys):
             context.log.info(
                 f"{table.qualified}: whole-table checks wait for the whole table; run them "
                 f"after the backfill: the job {VERIFY_JOB} runs every table's and writes the "
@@ -111,11 +115,17 @@ def table_check_results(
         raise dg.Failure(description=str(exc)) from None
 
 
-def _in_partition_run(context: AssetCheckExecutionContext) -> bool:
-    """UI backfills include an asset's checks in every partition run; a whole-table check
-    there would judge a half-copied table."""
-    tags = context.run.tags
-    return bool(tags.get(PARTITION_TAG) or tags.get(PARTITION_RANGE_START_TAG))
+def copies_part_only(tags: Mapping[str, str], keys: Sequence[str]) -> bool:
+    """Whether a run's partition tags name only part of a table. The UI puts an asset's
+    checks into every partition run it launches; a whole-table check there would judge a
+    half-copied table, unless the run's partition (or range) is every slice the table has,
+    as for each table below the split size: then its step ran first and the check is due."""
+    if PARTITION_TAG in tags:
+        return list(keys) != [tags[PARTITION_TAG]]
+    if PARTITION_RANGE_START_TAG in tags:
+        span = (tags[PARTITION_RANGE_START_TAG], tags.get(PARTITION_RANGE_END_TAG))
+        return span != (keys[0], keys[-1])
+    return False
 
 
 def _run_checks(
