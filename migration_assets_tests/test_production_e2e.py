@@ -10,8 +10,12 @@ CA): the webserver and the daemon get the storage's, so a run worker that needed
 the daemon would fail here as it would in a container. The backfill is launched and followed
 through the webserver's GraphQL API, as the UI does; the data is compared independently.
 
-The daemon's backfill loop looks for work every 30 s and the graph is six assets deep, so
-the backfill alone takes minutes; the test prints where the time went.
+Every table of the test's database is one slice (the default sizing), so the UI's "Materialize
+all" offers one run of the whole graph: the test clicks that in a browser first, and the run
+ends verified (every whole-table check passed, the report COMPLETE). Then the backfill a
+user gets when the tables are split, launched through GraphQL: the daemon's backfill loop
+looks for work every 30 s and launches one level of the graph per look, so it takes minutes;
+the test prints where the time went.
 """
 
 from __future__ import annotations
@@ -35,10 +39,14 @@ import dagster as dg
 import pytest
 
 from migration_assets.cli.ui import group_members, stop_process_group
+from migration_assets.defs.checks import check_names
+from migration_assets.defs.history import meta_text
+from migration_assets.defs.keys import REPORT_KEY
 from migration_assets.devstack.cluster import LOOPBACK, free_port
 from migration_assets.devstack.stack import DevStack
 from migration_assets.engine.work import HEAD, TAIL
-from migration_assets.plan import load_plan
+from migration_assets.plan import MigrationPlan, load_plan
+from migration_assets_tests.browser import chromium_page, materialize_all_in_one_run
 from migration_assets_tests.conftest import REPO_ROOT, Migration, MigrationFactory, unique
 from migration_assets_tests.helpers import assert_equal_databases, run_cli
 from migration_assets_tests.waiting import port_closed, process_gone, wait_until
@@ -51,6 +59,7 @@ LOCATION = "migration_assets"
 BACKFILL_TIMEOUT = 900.0  # measured 2-4 minutes on this 2-core machine; a loaded one is slower
 START_TIMEOUT = 240.0
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
 # What a process needs besides the settings we give it; coverage follows it when measuring.
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 
@@ -154,6 +163,11 @@ query Partitions($keys: [AssetKeyInput!]) {
     assetMaterializations(limit: 1) { runId }
   }
 }
+"""
+
+
+ALL_RUNS = """
+{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }
 """
 
 
@@ -288,6 +302,43 @@ def asset_states(url: str, selection: list[dict[str, list[str]]]) -> dict[str, d
     return {"/".join(n["assetKey"]["path"]): n for n in nodes}
 
 
+def follow_the_one_run(topology: Topology) -> dict[str, Any]:
+    """The single run the UI launched, once it has ended."""
+
+    def ended() -> dict[str, Any]:
+        topology.check_alive()
+        runs = graphql(topology.url, ALL_RUNS)["runsOrError"]["results"]
+        assert len(runs) <= 1, runs
+        return runs[0] if runs and runs[0]["status"] in RUN_DONE else {}
+
+    return wait_until(ended, BACKFILL_TIMEOUT, "the UI's run to end", every=1.0)
+
+
+def verified(home: Path, plan: MigrationPlan, run_ids: list[str]) -> dict[str, bool]:
+    """Whether the latest audit report reads COMPLETE, and the whole-table check outcomes
+    that `run_ids` recorded."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        report = instance.get_latest_materialization_event(REPORT_KEY)
+        assert report is not None
+        assert report.asset_materialization is not None
+        outcomes = {
+            "report complete": meta_text(report.asset_materialization.metadata, "complete")
+            == "True"
+        }
+        records = instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
+        for record in records:
+            for event in instance.all_logs(
+                record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            ):
+                assert event.dagster_event is not None
+                evaluation: Any = event.dagster_event.event_specific_data
+                outcomes[f"{evaluation.asset_key.to_user_string()} {evaluation.check_name}"] = bool(
+                    evaluation.passed
+                )
+    wanted = {f"{'/'.join(t.asset_path)} {n}" for t in plan.tables for n in check_names(t, plan)}
+    return {k: v for k, v in outcomes.items() if k in wanted or k == "report complete"}
+
+
 def _describe_runs(runs: list[dict[str, Any]], launched: float) -> list[str]:
     """Each run: when it was created, queued-to-start and running seconds, its assets."""
     lines = []
@@ -300,7 +351,7 @@ def _describe_runs(runs: list[dict[str, Any]], launched: float) -> list[str]:
     return lines
 
 
-def test_production_topology_backfills_through_graphql(
+def test_production_topology_ends_verified_from_the_ui_and_from_a_backfill(
     migration: MigrationFactory,
     stack: DevStack,
     isolated_cwd: Path,
@@ -309,12 +360,28 @@ def test_production_topology_backfills_through_graphql(
     m = migration()
     code, output = run_cli(["plan", "--out", str(m.plan_path)])  # default sizing: small tables
     assert code == 0, output
+    plan = load_plan(m.plan_path)
+    assert {t.slicing.partitions for t in plan.tables} == {1}, "default sizing: one slice each"
     storage = _fresh_storage(stack)
     for name, value in storage.items():
         monkeypatch.setenv(name, value)  # for the test's own look at the instance
     shutil.copyfile(DEPLOY_YAML, m.dagster_home / "dagster.yaml")
     selection = _selection(m)
-    with production_topology(m, storage, isolated_cwd) as topology:
+    whole_table = {
+        f"{'/'.join(t.asset_path)} {n}": True for t in plan.tables for n in check_names(t, plan)
+    }
+    with production_topology(m, storage, isolated_cwd) as topology, chromium_page() as page:
+        clicked = time.monotonic()
+        materialize_all_in_one_run(page, topology.url)
+        one_run = follow_the_one_run(topology)
+        topology.timings["UI Materialize all, one run (click to end)"] = time.monotonic() - clicked
+        assert one_run["status"] == "SUCCESS", one_run
+        assert_equal_databases(m.source_url, m.target_url)
+        assert verified(m.dagster_home, plan, [one_run["runId"]]) == {
+            "report complete": True,
+            **whole_table,
+        }
+
         launched_wall, launched = time.time(), time.monotonic()
         backfill_id = launch_backfill(topology.url, selection)
         backfill = follow_backfill(topology, backfill_id)
@@ -329,7 +396,6 @@ def test_production_topology_backfills_through_graphql(
     assert runs, "the backfill launched no run"
     assert {r["status"] for r in runs} == {"SUCCESS"}, runs
     assert_equal_databases(m.source_url, m.target_url)
-    plan = load_plan(m.plan_path)
     for table in plan.tables:
         node = states["/".join(table.asset_path)]
         partitions = node["assetPartitionStatuses"]
@@ -340,3 +406,7 @@ def test_production_topology_backfills_through_graphql(
         node = states[key.to_user_string()]
         assert not node["isPartitioned"], node
         assert node["assetMaterializations"], f"{key.to_user_string()} was not materialized"
+    # the backfill's partition run copies each table whole, so it runs their whole-table
+    # checks; its last run's report, after them, reads COMPLETE again
+    backfilled = [r["runId"] for r in runs]
+    assert verified(m.dagster_home, plan, backfilled) == {"report complete": True, **whole_table}

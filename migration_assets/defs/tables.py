@@ -58,6 +58,11 @@ def table_description(table: TablePlan) -> str:
         "deletes the slice on the target and copies it again in one transaction, then "
         "verifies row count and checksum on both sides before COMMIT."
     )
+    if table.slicing.partitions == 1:
+        lines.append(
+            "One slice: a run that materializes it runs its whole-table checks right after "
+            "it, before the finishing steps of the same run."
+        )
     lines.append(
         f"After a backfill, launch the job {VERIFY_JOB} (Jobs): it runs every whole-table "
         "check of every table and writes the audit report, in one click."

@@ -1,9 +1,11 @@
 """The job that ends a UI migration verified: every whole-table check, then the audit report.
 
-A UI backfill ("Materialize all", "backfill failed and missing") plans each table's
-whole-table checks into its partition runs, where they only wait: a half-copied table proves
-nothing, and Dagster cannot order them after a table's last slice inside one backfill. So the
-audit report such a backfill writes reads INCOMPLETE. This job is the one click after it:
+A UI backfill ("Materialize all" of split tables, "backfill failed and missing") plans each
+table's whole-table checks into its partition runs, where a split table's only wait: a
+half-copied table proves nothing, and Dagster cannot order them after a table's last slice
+inside one backfill. So the audit report such a backfill writes reads INCOMPLETE. (When every
+table is one slice, "Materialize all" is one run that ends verified on its own.) This job is
+the one click after a backfill:
 
 verify_and_report: tables_verified -> audit_report_written
 
