@@ -145,17 +145,20 @@ def test_the_final_delta_reads_back_the_slices_a_checksum_check_named() -> None:
     assert differing_slices(evaluation(True, "001-aa")) == []
 
 
-def test_redo_adds_runs_for_just_the_named_partitions() -> None:
+def test_only_partitions_not_materialized_are_due() -> None:
     plan = load_plan(Path(__file__).parents[1] / "migration_assets" / "plans" / "demo.json")
     statuses = {
         t.qualified: dict.fromkeys(t.partition_keys, Status.MATERIALIZED) for t in plan.tables
     }
+    assert slice_runs(plan, statuses) == ([], plan.total_partitions())
     table = max(plan.tables, key=lambda t: len(t.partition_keys))
     chosen = table.partition_keys[-1]
-    runs, done = slice_runs(plan, statuses, redo=frozenset({(table.qualified, chosen)}))
+    statuses[table.qualified][chosen] = Status.FAILED
+    runs, done = slice_runs(plan, statuses)
     assert [(r.table, r.partition) for r in runs] == [(table.qualified, chosen)]
     assert done == plan.total_partitions() - 1
-    assert slice_runs(plan, statuses) == ([], plan.total_partitions())
+    runs, done = slice_runs(plan, statuses, every=True)
+    assert (len(runs), done) == (plan.total_partitions(), 0)
 
 
 def test_every_one_slice_table_shares_one_partition_key() -> None:

@@ -153,14 +153,12 @@ def migrate(
     workers: int = 2,
     force: bool = False,
     resync: bool = False,
-    redo: frozenset[tuple[str, str]] = frozenset(),
     on_start: Callable[[int, int], None] = lambda total, done: None,
     on_done: ProgressFn = lambda outcome: None,
     pool: WorkerPool | None = None,
     remote: Remote | None = None,
 ) -> MigrateReport:
     """Head run, the partition runs that are due, tail run: all recorded in the instance.
-    `redo`: (table, partition) pairs a whole-table check found different, resynced too.
     `pool`: workers the caller started before opening the session (`local.start_workers`);
     migrate releases them, or closes them at once if one run is all there is to do.
     `remote`: the deployment executes the same runs (`--submit`); each is launched as soon
@@ -180,7 +178,7 @@ def migrate(
             apply_pool_limit(session.instance, session.settings.migration_target_connections)
             statuses = partition_statuses(session.instance, session.plan)
             runs, report.skipped_partitions = slice_runs(
-                session.plan, statuses, every=resync, force=force, redo=redo
+                session.plan, statuses, every=resync, force=force
             )
             runs = carry(runs, lanes=workers)
         execute = session.execute if remote is None else remote.execute

@@ -88,15 +88,13 @@ def slice_runs(
     *,
     every: bool = False,
     force: bool = False,
-    redo: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[list[RunSpec], int]:
-    """Partition runs due (largest first, for an even finish) and how many are verified.
-    `redo`: (table, partition) pairs known to differ, run like `every` runs them."""
+    """Partition runs due (largest first, for an even finish) and how many are verified."""
     runs: list[RunSpec] = []
     done = 0
     for table in plan.tables:
         for pk, status in statuses[table.qualified].items():
-            due = every or force or (table.qualified, pk) in redo
+            due = every or force
             if due or status is not Status.MATERIALIZED:
                 runs.append(slice_run(table, pk, force=force))
             else:
