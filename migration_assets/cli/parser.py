@@ -147,7 +147,13 @@ def _cutover(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cutover.add_argument(
         "--rollback", action="store_true", help="unfreeze the source (the target stays)"
     )
-    cutover.add_argument("--workers", type=int, default=2)
+    cutover.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="accepted for existing scripts, no effect: the final delta is one step of the "
+        "cutover job, which re-copies the slices that differ one after another",
+    )
 
 
 def _plan_option(parser: argparse.ArgumentParser) -> None:
