@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` as a package
 
@@ -138,6 +139,20 @@ def graph_keys(bench: Bench) -> list[dg.AssetKey]:
     return [*HEAD, *(dg.AssetKey(t.asset_path) for t in bench.tables), *TAIL]
 
 
+def launch(web: Webserver, selector: dict[str, Any], tags: dict[str, str]) -> str:
+    """`launchRun`, as the UI's Launchpad and dialog send it; the new run's id."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": web.repository(), **selector}
+    params = {
+        "selector": selector,
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+    }
+    launched = web.query(LAUNCH, {"params": params})["launchRun"]
+    if launched["__typename"] != "LaunchRunSuccess":
+        raise BenchmarkError(f"{selector['jobName']}: the run was refused: {launched}")
+    return str(launched["run"]["runId"])
+
+
 def launch_one_run(web: Webserver, keys: list[dg.AssetKey], partition: str) -> str:
     """What the UI's dialog sends for "Launch 1 run": the asset job, the assets and every
     check of theirs, the partition as a tag."""
@@ -148,22 +163,8 @@ def launch_one_run(web: Webserver, keys: list[dg.AssetKey], partition: str) -> s
         for node in nodes
         for check in node["assetChecksOrError"].get("checks", [])
     ]
-    selector = {
-        "repositoryLocationName": LOCATION,
-        "repositoryName": web.repository(),
-        "jobName": ASSET_JOB,
-        "assetSelection": paths,
-        "assetCheckSelection": checks,
-    }
-    params = {
-        "selector": selector,
-        "runConfigData": {},
-        "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": partition}]},
-    }
-    launched = web.query(LAUNCH, {"params": params})["launchRun"]
-    if launched["__typename"] != "LaunchRunSuccess":
-        raise BenchmarkError(f"the run was refused: {launched}")
-    return str(launched["run"]["runId"])
+    selector = {"jobName": ASSET_JOB, "assetSelection": paths, "assetCheckSelection": checks}
+    return launch(web, selector, {PARTITION_TAG: partition})
 
 
 def wait_for_run(web: Webserver, run_id: str) -> None:
@@ -215,18 +216,7 @@ def one_partition_again(web: Webserver, bench: Bench, target_url: str) -> float:
     started = time.perf_counter()
     (key,) = table.partition_keys
     wait_for_run(web, launch_one_run(web, [dg.AssetKey(table.asset_path)], key))
-    params = {
-        "selector": {
-            "repositoryLocationName": LOCATION,
-            "repositoryName": web.repository(),
-            "jobName": VERIFY_JOB,
-        },
-        "runConfigData": {},
-    }
-    launched = web.query(LAUNCH, {"params": params})["launchRun"]
-    if launched["__typename"] != "LaunchRunSuccess":
-        raise BenchmarkError(f"{VERIFY_JOB} was refused: {launched}")
-    wait_for_run(web, str(launched["run"]["runId"]))
+    wait_for_run(web, launch(web, {"jobName": VERIFY_JOB}, {}))
     return time.perf_counter() - started
 
 
