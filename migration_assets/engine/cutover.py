@@ -29,7 +29,7 @@ from migration_assets.db.freeze import (
 )
 from migration_assets.db.quiescence import WritePosition, quiescent, write_position
 from migration_assets.defs.keys import CUTOVER_KEY
-from migration_assets.defs.resources import SourceDatabase, TargetDatabase
+from migration_assets.defs.resources import MigrationOptions, SourceDatabase, TargetDatabase
 from migration_assets.engine.cutover_state import (
     FREEZING,
     FROZEN,
@@ -131,6 +131,7 @@ def switch_application(
     config: CutoverConfig,
     source: SourceDatabase,
     target: TargetDatabase,
+    options: MigrationOptions,
     frozen: dict[str, Any],
     delta: dict[str, Any],
 ) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def switch_application(
             "nothing was switched. Run `migration-assets cutover --rollback`, find the writer, "
             "then cut over again."
         )
-    written = record_report(context, setup.plan, setup.audit_dir, target, setup.options)
+    written = record_report(context, setup.plan, setup.audit_dir, target, options)
     if config.app_env:
         write_app_env(setup.settings, config.app_env)
     if frozen.get("frozen_by_us", True):  # --no-freeze changed nothing to undo
@@ -186,6 +187,7 @@ def source_unfrozen(
     settings: dg.ResourceParam[Settings],
     source: SourceDatabase,
     target: TargetDatabase,
+    options: MigrationOptions,
 ) -> dict[str, Any]:
     setup = Setup.load(settings)
     state = CutoverState.load(setup.settings)
@@ -208,7 +210,7 @@ def source_unfrozen(
     }
     context.log_event(dg.AssetMaterialization(CUTOVER_KEY, metadata=evidence))
     state.save_rolled_back(setup.settings)
-    record_report(context, setup.plan, setup.audit_dir, target, setup.options)
+    record_report(context, setup.plan, setup.audit_dir, target, options)
     return evidence
 
 

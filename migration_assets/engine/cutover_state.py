@@ -21,7 +21,6 @@ from migration_assets.db.dsn import display_url, parse_dsn
 from migration_assets.db.freeze import FreezeRecord
 from migration_assets.defs.keys import FOREIGN_KEYS_INTACT, TABLE_CHECKSUM, TABLE_ROW_COUNT
 from migration_assets.defs.report import collect_report, unverified
-from migration_assets.defs.resources import MigrationOptions
 from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets.private import write_private
 from migration_assets.settings import Settings
@@ -118,11 +117,6 @@ class Setup:
     def load(cls, settings: Settings) -> Setup:
         path = settings.plan_path()
         return cls(settings, path, load_plan(path))
-
-    @property
-    def options(self) -> MigrationOptions:
-        """The report's knobs, as the definitions' `options` resource holds them."""
-        return MigrationOptions.from_settings(self.settings)
 
     @property
     def audit_dir(self) -> Path:

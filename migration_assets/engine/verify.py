@@ -21,7 +21,7 @@ import dagster as dg
 
 from migration_assets.defs.checks import table_check_results
 from migration_assets.defs.keys import TARGET_POOL, VERIFY_JOB
-from migration_assets.defs.resources import SourceDatabase, TargetDatabase
+from migration_assets.defs.resources import MigrationOptions, SourceDatabase, TargetDatabase
 from migration_assets.engine.cutover_state import Setup
 from migration_assets.engine.record import record_checks, record_report
 from migration_assets.settings import Settings
@@ -67,10 +67,11 @@ def audit_report_written(
     context: dg.OpExecutionContext,
     settings: dg.ResourceParam[Settings],
     target: TargetDatabase,
+    options: MigrationOptions,
     verified: dict[str, Any],
 ) -> None:
     setup = Setup.load(settings)
-    if not record_report(context, setup.plan, setup.audit_dir, target, setup.options):
+    if not record_report(context, setup.plan, setup.audit_dir, target, options):
         raise dg.Failure(description="the audit report could not be written (see the log)")
     if verified["failed"]:
         raise dg.Failure(
