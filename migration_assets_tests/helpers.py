@@ -187,3 +187,28 @@ def tls_metadata(home: Path) -> dict[str, Any]:
     assert isinstance(evaluation, dg.AssetCheckEvaluation)
     assert evaluation.passed, evaluation.metadata
     return {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+
+
+def latest_check_outcomes(
+    instance: dg.DagsterInstance, run_ids: Sequence[str] | None = None
+) -> dict[str, bool]:
+    """Each check's newest result ("<asset> <check>": passed), of every run or of `run_ids`
+    (of a partitioned check, its newest for any partition)."""
+    import dagster as dg
+
+    filters = dg.RunsFilter(run_ids=list(run_ids)) if run_ids is not None else None
+    events = [
+        event
+        for record in instance.get_run_records(filters=filters)
+        for event in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        )
+    ]
+    outcomes: dict[str, bool] = {}
+    for event in sorted(events, key=lambda e: e.timestamp):
+        assert event.dagster_event is not None
+        evaluation: Any = event.dagster_event.event_specific_data
+        outcomes[f"{evaluation.asset_key.to_user_string()} {evaluation.check_name}"] = bool(
+            evaluation.passed
+        )
+    return outcomes

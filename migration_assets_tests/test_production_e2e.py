@@ -48,7 +48,7 @@ from migration_assets.engine.work import HEAD, TAIL
 from migration_assets.plan import MigrationPlan, load_plan
 from migration_assets_tests.browser import chromium_page, materialize_all_in_one_run
 from migration_assets_tests.conftest import REPO_ROOT, Migration, MigrationFactory, unique
-from migration_assets_tests.helpers import assert_equal_databases, run_cli
+from migration_assets_tests.helpers import assert_equal_databases, latest_check_outcomes, run_cli
 from migration_assets_tests.waiting import port_closed, process_gone, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -321,22 +321,10 @@ def verified(home: Path, plan: MigrationPlan, run_ids: list[str]) -> dict[str, b
         report = instance.get_latest_materialization_event(REPORT_KEY)
         assert report is not None
         assert report.asset_materialization is not None
-        outcomes = {
-            "report complete": meta_text(report.asset_materialization.metadata, "complete")
-            == "True"
-        }
-        records = instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
-        for record in records:
-            for event in instance.all_logs(
-                record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
-            ):
-                assert event.dagster_event is not None
-                evaluation: Any = event.dagster_event.event_specific_data
-                outcomes[f"{evaluation.asset_key.to_user_string()} {evaluation.check_name}"] = bool(
-                    evaluation.passed
-                )
+        complete = meta_text(report.asset_materialization.metadata, "complete") == "True"
+        outcomes = latest_check_outcomes(instance, run_ids)
     wanted = {f"{'/'.join(t.asset_path)} {n}" for t in plan.tables for n in check_names(t, plan)}
-    return {k: v for k, v in outcomes.items() if k in wanted or k == "report complete"}
+    return {"report complete": complete} | {k: v for k, v in outcomes.items() if k in wanted}
 
 
 def _describe_runs(runs: list[dict[str, Any]], launched: float) -> list[str]:

@@ -54,7 +54,7 @@ from migration_assets.planner import build_plan
 from migration_assets.settings import SETTING_NAMES
 from migration_assets_tests.browser import chromium_page
 from migration_assets_tests.conftest import REPO_ROOT, Databases, unique
-from migration_assets_tests.helpers import assert_equal_databases, run_cli
+from migration_assets_tests.helpers import assert_equal_databases, latest_check_outcomes, run_cli
 from migration_assets_tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -632,7 +632,7 @@ def test_one_click_after_the_backfill_ends_the_migration_verified(
     instance = dg.DagsterInstance.from_config(str(served.home))
     assert _runs_of(served.url, VERIFY_JOB) == ["SUCCESS"], _failures_of(instance, VERIFY_JOB)
     screenshot(page, "verified.png")
-    checks = _latest_outcomes(instance)
+    checks = latest_check_outcomes(instance)
     assert checks["migration_audit_report report_complete"], checks
     table_checks = {n for n in checks if n.startswith("public/patients table_")}
     assert table_checks == {"public/patients table_row_count", "public/patients table_checksum"}
@@ -677,25 +677,6 @@ def _failures_of(instance: dg.DagsterInstance, job: str) -> list[str]:
             elif event.user_message and "not written" in event.user_message:
                 said.append(event.user_message)
     return said
-
-
-def _latest_outcomes(instance: dg.DagsterInstance) -> dict[str, bool]:
-    """Each check's newest result (of a partitioned one, its newest for any partition)."""
-    events = [
-        event
-        for record in instance.get_run_records()
-        for event in instance.all_logs(
-            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
-        )
-    ]
-    outcomes: dict[str, bool] = {}
-    for event in sorted(events, key=lambda e: e.timestamp):
-        assert event.dagster_event is not None
-        evaluation: Any = event.dagster_event.event_specific_data
-        outcomes[f"{evaluation.asset_key.to_user_string()} {evaluation.check_name}"] = bool(
-            evaluation.passed
-        )
-    return outcomes
 
 
 def _check_outcomes(instance: dg.DagsterInstance) -> dict[str, bool]:
